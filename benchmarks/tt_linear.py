@@ -1,0 +1,109 @@
+"""Benchmark TTLinear against nn.Linear for the (d -> 4d) MLP layer, single thread.
+
+Usage: python benchmarks/tt_linear.py [--json PATH]
+
+Prints a markdown table. "TT" is TTLinear.forward as shipped (it materialises W and does
+one dense GEMM when the plan says that needs fewer FLOPs). "masked" is forward with an
+all-ones bond mask: it always runs the core-by-core chain (plus the mask multiplies), so it
+shows the chain's cost and that of the per-token adaptive-rank path.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from qtf_edge.tt import TTLinear
+
+D_MODELS = (128, 512, 768)
+RANKS = (4, 8, 16)
+TOKENS = (1, 128)
+
+
+def median_seconds(fn, min_repeats=30, min_total_s=0.3) -> float:
+    """Median wall time of fn() after warm-up; repeats until both floors are reached."""
+    for _ in range(5):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_total_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_row(d: int, rank: int, tokens: int) -> dict:
+    torch.manual_seed(0)
+    dense = nn.Linear(d, 4 * d)
+    tt = TTLinear(d, 4 * d, max_rank=rank)
+    x = torch.randn(tokens, d)
+    plan = tt.plan
+    ones = torch.ones(tokens, max(plan.ranks))
+    dense_s = median_seconds(lambda: dense(x))
+    tt_s = median_seconds(lambda: tt(x))
+    masked_s = median_seconds(lambda: tt(x, ones))
+    return {
+        "d_model": d,
+        "d_ff": 4 * d,
+        "max_rank": rank,
+        "tokens": tokens,
+        "dense_us": dense_s * 1e6,
+        "tt_us": tt_s * 1e6,
+        "ratio": tt_s / dense_s,
+        "masked_ratio": masked_s / dense_s,
+        "dense_params": sum(p.numel() for p in dense.parameters()),
+        "tt_params": sum(p.numel() for p in tt.parameters()),
+        "dense_flops": 2 * tokens * d * 4 * d + tokens * 4 * d,
+        "tt_flops": tt.flops(tokens) + tokens * 4 * d,  # + bias adds, as for dense
+        "ranks": list(tt.ranks),
+        "path": "materialise+GEMM" if plan.uses_dense(tokens) else f"chain {plan.order}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"CPU: {cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()}\n")
+    header = ("d", "d_ff", "rank", "ranks", "tokens", "dense us", "TT us", "TT/dense", "masked/dense",
+              "dense params", "TT params", "dense FLOPs", "TT FLOPs", "path (order)")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    rows = []
+    with torch.inference_mode():
+        for d in D_MODELS:
+            for rank in RANKS:
+                for tokens in TOKENS:
+                    row = bench_row(d, rank, tokens)
+                    rows.append(row)
+                    print(
+                        f"| {d} | {4 * d} | {rank} | {tuple(row['ranks'])} | {tokens} | "
+                        f"{row['dense_us']:.1f} | {row['tt_us']:.1f} | {row['ratio']:.2f} | "
+                        f"{row['masked_ratio']:.2f} | {row['dense_params']:,} | {row['tt_params']:,} | "
+                        f"{row['dense_flops']:,} | {row['tt_flops']:,} | {row['path']} |",
+                        flush=True,
+                    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": cpu_model(), "torch": torch.__version__, "threads": 1, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""ModelConfig: every size and switch of a Q-TensorFormer, validated at construction.
+
+With every quantum and tensor-train switch off the same config describes a plain dense
+GPT-style transformer (the dense baseline), so each ablation is one flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+MAX_QUBITS = 10  # statevectors of 2**10 amplitudes per token are the practical limit here
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 8192
+    context_length: int = 128
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    # Tensor-train (TT) matrices for the attention and FFN projections.
+    use_tt: bool = True
+    tt_rank: int = 16
+    tt_cores: int = 2
+    # TT embedding table (and, when tied, the LM head): it dominates a ~1M-parameter LM.
+    tt_embeddings: bool = True
+    tt_embedding_rank: int = 32
+
+    # Per-token adaptive FFN rank r_t = r_min + round(a * S_t), a = (r_max - r_min) / S_max.
+    adaptive_rank: bool = True
+    r_min: int = 4
+    r_max: int = 16
+
+    # Simulated quantum token encoder (Pauli-Z features + entanglement entropy).
+    use_quantum_encoder: bool = True
+    n_qubits: int = 4
+    n_qlayers: int = 2
+    entangler: str = "cnot"
+
+    # Quantum-kernel attention (QKSAM) and the selective router that chooses it per token.
+    use_qksam: bool = True
+    use_router: bool = True
+    quantum_fraction: float = 0.2
+    router_threshold: str = "target"  # "target": steered to quantum_fraction; "learned"
+    router_temperature: float = 0.1
+
+    # DARUAN (data re-uploading) activations in the FFN instead of GELU.
+    use_qkan: bool = True
+    daruan_reps: int = 2
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def is_dense(self) -> bool:
+        return not (self.use_tt or self.tt_embeddings or self.use_quantum_encoder
+                    or self.use_qksam or self.use_qkan)
+
+    def dense_baseline(self) -> "ModelConfig":
+        """The dense GPT of the same width, depth, vocabulary and context."""
+        return dataclasses.replace(
+            self, use_tt=False, tt_embeddings=False, adaptive_rank=False,
+            use_quantum_encoder=False, use_qksam=False, use_router=False, use_qkan=False)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+
+def _require(ok: bool, field: str, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f"config field '{field}' must be {allowed}, got {value!r}")
+
+
+def _int_in(config: ModelConfig, field: str, low: int, high: int | None = None) -> None:
+    value = getattr(config, field)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    ok = ok and (high is None or value <= high)
+    allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+    _require(ok, field, allowed, value)
+
+
+def _full_tt_rank(rows: int, cols: int, n_cores: int) -> int:
+    """Largest bond rank a TT-matrix of this shape can use: beyond it nothing is compressed."""
+    from qtf_edge.tt.factorize import factorize_dim  # local: config must import fast
+
+    row_modes, col_modes = factorize_dim(rows, n_cores), factorize_dim(cols, n_cores)
+    sizes = [m * n for m, n in zip(row_modes, col_modes)]
+    return max(min(math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, n_cores))
+
+
+def _validate(c: ModelConfig) -> None:
+    for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff"):
+        _int_in(c, name, 1)
+    _require(c.d_model % c.n_heads == 0, "d_model",
+             f"divisible by n_heads={c.n_heads}", c.d_model)
+    _require(isinstance(c.dropout, float | int) and 0.0 <= c.dropout < 1.0,
+             "dropout", "a number in [0, 1)", c.dropout)
+    for name in ("tie_embeddings", "use_tt", "tt_embeddings", "adaptive_rank",
+                 "use_quantum_encoder", "use_qksam", "use_router", "use_qkan"):
+        _require(isinstance(getattr(c, name), bool), name, "true or false", getattr(c, name))
+
+    if c.use_tt or c.tt_embeddings:
+        _int_in(c, "tt_cores", 2, 4)
+    if c.use_tt:
+        limit = min(_full_tt_rank(c.d_model, c.d_model, c.tt_cores),
+                    _full_tt_rank(c.d_model, c.d_ff, c.tt_cores))
+        _int_in(c, "tt_rank", 1, limit)
+    if c.tt_embeddings:
+        _int_in(c, "tt_embedding_rank", 1,
+                _full_tt_rank(c.vocab_size, c.d_model, c.tt_cores))
+
+    if c.adaptive_rank:
+        _require(c.use_tt and c.use_quantum_encoder, "adaptive_rank",
+                 "false unless use_tt and use_quantum_encoder are on (it needs TT bonds and "
+                 "the encoder's entropy)", c.adaptive_rank)
+        _int_in(c, "r_min", 1, c.tt_rank)
+        _int_in(c, "r_max", c.r_min, c.tt_rank)
+
+    if c.use_quantum_encoder or c.use_qksam:
+        _int_in(c, "n_qubits", 2, MAX_QUBITS)
+        _int_in(c, "n_qlayers", 1, 16)
+        _require(c.entangler in ("cnot", "cz"), "entangler", "'cnot' or 'cz'", c.entangler)
+    if c.use_router:
+        _require(c.use_qksam and c.use_quantum_encoder, "use_router",
+                 "false unless use_qksam and use_quantum_encoder are on (it routes tokens "
+                 "by the encoder's entropy to QKSAM)", c.use_router)
+        _require(isinstance(c.quantum_fraction, float | int) and 0.0 < c.quantum_fraction < 1.0,
+                 "quantum_fraction", "a number in (0, 1)", c.quantum_fraction)
+        _require(c.router_threshold in ("target", "learned"), "router_threshold",
+                 "'target' or 'learned'", c.router_threshold)
+        _require(isinstance(c.router_temperature, float | int) and c.router_temperature > 0,
+                 "router_temperature", "a number > 0", c.router_temperature)
+    if c.use_qkan:
+        _int_in(c, "daruan_reps", 1, 8)

@@ -1,0 +1,49 @@
+import pytest
+
+from qtf_edge.config import ModelConfig
+
+
+def test_default_config_is_a_full_qtf_and_its_dense_baseline_has_every_switch_off():
+    config = ModelConfig()
+    assert not config.is_dense
+    dense = config.dense_baseline()
+    assert dense.is_dense
+    assert (dense.d_model, dense.n_layers, dense.vocab_size) == (
+        config.d_model, config.n_layers, config.vocab_size)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"tt_rank": -1}, "tt_rank"),
+    ({"tt_rank": 0}, "tt_rank"),
+    ({"d_model": 130, "n_heads": 4}, "d_model"),
+    ({"n_qubits": 11}, "n_qubits"),
+    ({"n_qubits": 1}, "n_qubits"),
+    ({"tt_rank": 10_000}, "tt_rank"),
+    ({"tt_embedding_rank": 10_000}, "tt_embedding_rank"),
+    ({"r_max": 64, "tt_rank": 16}, "r_max"),
+    ({"r_min": 0}, "r_min"),
+    ({"quantum_fraction": 1.5}, "quantum_fraction"),
+    ({"router_threshold": "sometimes"}, "router_threshold"),
+    ({"entangler": "swap"}, "entangler"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"use_quantum_encoder": False}, "adaptive_rank"),
+    ({"use_qksam": False, "adaptive_rank": False}, "use_router"),
+    ({"n_layers": True}, "n_layers"),
+])
+def test_bad_values_name_the_field_and_the_allowed_range(changes, field):
+    with pytest.raises(ValueError, match=f"'{field}' must be"):
+        ModelConfig(**changes)
+
+
+def test_rank_limit_is_the_full_tt_rank_of_the_smallest_projection():
+    # d_model=128 in 2 cores is 8 x 16, so the 128 x 128 projection has full bond rank 64.
+    ModelConfig(tt_rank=64, r_max=16)
+    with pytest.raises(ValueError, match=r"\[1, 64\]"):
+        ModelConfig(tt_rank=65, r_max=16)
+
+
+def test_dict_round_trip_and_unknown_fields():
+    config = ModelConfig(d_model=64, n_heads=2, d_ff=256, tt_rank=8, r_max=8)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config field.*'d_modle'"):
+        ModelConfig.from_dict({**config.to_dict(), "d_modle": 3})
