@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .contraction import ContractionPlan, plan_contraction, tt_matmul
-from .linear import TTLinear
+from .linear import TTLinear, arrange_modes
 
 
 class TTEmbedding(nn.Module):
@@ -28,6 +28,10 @@ class TTEmbedding(nn.Module):
     ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if vocab_modes is None and dim_modes is None:
+            # Arranged for the tied head, x @ table.T, the costlier of the two uses.
+            dim_modes, vocab_modes = arrange_modes(embedding_dim, num_embeddings, n_cores,
+                                                   None if ranks is not None else max_rank)
         self.tt = TTLinear(
             num_embeddings,
             embedding_dim,
@@ -49,6 +53,9 @@ class TTEmbedding(nn.Module):
     def from_dense(cls, table: torch.Tensor, *, ranks=None, max_rank=None, rel_tol=None, n_cores=3,
                    vocab_modes=None, dim_modes=None) -> "TTEmbedding":
         """TT-SVD of table (num_embeddings, embedding_dim); rank rules as TTLinear.from_dense."""
+        if vocab_modes is None and dim_modes is None:  # the same arrangement as __init__
+            dim_modes, vocab_modes = arrange_modes(table.shape[1], table.shape[0], n_cores,
+                                                   None if ranks is not None else max_rank)
         tt = TTLinear.from_dense(table, ranks=ranks, max_rank=max_rank, rel_tol=rel_tol,
                                  n_cores=n_cores, in_modes=vocab_modes, out_modes=dim_modes)
         emb = cls(*table.shape, n_cores=n_cores, vocab_modes=tt.in_modes, dim_modes=tt.out_modes,
@@ -110,8 +117,11 @@ class TTEmbedding(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Tied LM head: x (..., embedding_dim) -> logits (..., num_embeddings) = x @ table.T."""
+        plan = self.attend_plan
+        if plan.uses_dense(x.numel() // self.embedding_dim):
+            return x @ self.tt.dense_weight().t()
         transposed = [core.transpose(1, 2) for core in self.tt.cores]
-        return tt_matmul(x, transposed, self.attend_plan)
+        return tt_matmul(x, transposed, plan)
 
     def flops_lookup(self, n_tokens: int) -> int:
         """FLOPs of forward() over n_tokens ids (the per-token chain, 2 per multiply-add)."""

@@ -27,6 +27,35 @@ def resolve_modes(features: int, n_cores: int, modes, name: str) -> tuple[int, .
     return modes
 
 
+def arrange_modes(in_features: int, out_features: int, n_cores: int,
+                  max_rank: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Balanced factorisations of both sides, each read ascending or descending, whichever
+    pair needs the fewest chain FLOPs per token at min(max_rank, full rank) per bond.
+
+    Why: the order of modes changes the chain's cost a lot. With two cores, contracting
+    core 0 first costs 2 r m_1 n_0 (m_0 + n_1) per token, so a large first input mode and a
+    small first output mode (small modes beside the bond) can be ~1.7x cheaper than both
+    ascending. Ties keep the first candidate (both ascending).
+    """
+    ascending_in, ascending_out = factorize_dim(in_features, n_cores), factorize_dim(out_features, n_cores)
+    candidates = [(i, o) for i in (ascending_in, ascending_in[::-1])
+                  for o in (ascending_out, ascending_out[::-1])]
+
+    def chain_flops(pair):
+        ranks = full_ranks(*pair) if max_rank is None else resolve_ranks(*pair, max_rank=max_rank)
+        return plan_contraction(*pair, ranks).flops_per_token
+
+    return min(candidates, key=chain_flops)
+
+
+def _modes(in_features, out_features, n_cores, in_modes, out_modes, max_rank):
+    """Given modes (checked), or the cheapest arrangement when neither side is given."""
+    if in_modes is None and out_modes is None:
+        return arrange_modes(in_features, out_features, n_cores, max_rank)
+    return (resolve_modes(in_features, n_cores, in_modes, "in_modes"),
+            resolve_modes(out_features, n_cores, out_modes, "out_modes"))
+
+
 def full_ranks(in_modes, out_modes) -> tuple[int, ...]:
     """Largest useful rank per bond: bond k splits W into rows (m_j n_j, j < k) and columns
     (m_j n_j, j >= k), and no rank above that unfolding's smaller side adds anything."""
@@ -132,8 +161,8 @@ class TTLinear(nn.Module):
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.in_modes = resolve_modes(in_features, n_cores, in_modes, "in_modes")
-        self.out_modes = resolve_modes(out_features, n_cores, out_modes, "out_modes")
+        self.in_modes, self.out_modes = _modes(in_features, out_features, n_cores, in_modes,
+                                               out_modes, None if ranks is not None else max_rank)
         if len(self.in_modes) != len(self.out_modes):
             raise ValueError(
                 f"in_modes and out_modes must have the same length, got {self.in_modes} and {self.out_modes}"
@@ -143,6 +172,10 @@ class TTLinear(nn.Module):
         self.cores = nn.ParameterList([nn.Parameter(torch.empty(s)) for s in shapes])
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._plan = None
+        # Inference lowering: where the plan says materialising W beats the chain, keep W
+        # between calls instead of rebuilding it (only without autograd; see dense_weight).
+        self.cache_dense = True
+        self._dense, self._dense_key = None, None
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None) -> None:
@@ -173,8 +206,8 @@ class TTLinear(nn.Module):
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D (in, out), got shape {tuple(weight.shape)}")
         in_features, out_features = weight.shape
-        in_modes = resolve_modes(in_features, n_cores, in_modes, "in_modes")
-        out_modes = resolve_modes(out_features, n_cores, out_modes, "out_modes")
+        in_modes, out_modes = _modes(in_features, out_features, n_cores, in_modes, out_modes,
+                                     max_rank)
         if ranks is not None and (max_rank is not None or rel_tol is not None):
             raise ValueError("give either ranks or max_rank/rel_tol, not both")
         if ranks is None and max_rank is None:
@@ -219,11 +252,28 @@ class TTLinear(nn.Module):
         """W: (in_features, out_features)."""
         return tt_to_dense(list(self.cores))
 
+    def dense_weight(self) -> torch.Tensor:
+        """W, materialised once and reused while the cores are unchanged, when no gradient
+        is recorded (inference); with autograd on, rebuilt so gradients reach the cores."""
+        cores = list(self.cores)
+        if torch.is_grad_enabled() or not self.cache_dense:
+            return tt_to_dense(cores)
+        key = tuple((c.data_ptr(), c._version) for c in cores)
+        if key != self._dense_key:
+            self._dense, self._dense_key = tt_to_dense(cores), key
+        return self._dense
+
     def forward(self, x: torch.Tensor, bond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features); bond_mask (..., R) scales bond
         channels per token (see `tt_matmul`)."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have last dimension {self.in_features}, got {x.shape[-1]}")
         cores = list(self.cores)
-        y = tt_matmul(x, cores, self._plan_for(cores), bond_mask)
+        plan = self._plan_for(cores)
+        if bond_mask is None and plan.uses_dense(x.numel() // self.in_features):
+            y = x @ self.dense_weight()
+        else:
+            y = tt_matmul(x, cores, plan, bond_mask)
         return y if self.bias is None else y + self.bias
 
     def flops(self, n_tokens: int) -> int:
