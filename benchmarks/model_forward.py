@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from qtf_edge.config import ModelConfig
+from qtf_edge.host import describe_host
 from qtf_edge.cost.counts import count_params, model_cost, total
 from qtf_edge.model import QTensorFormer
 from qtf_edge.model.encoder import QuantumTokenEncoder
@@ -38,17 +38,6 @@ QUANTUM_CALLS = {  # (class, method) pairs whose time counts as circuit simulati
     "qksam_kernel": (QuantumKernelAttention, "attention"),
     "daruan": (DARUAN, "forward"),
 }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_forward(model, ids, repeats: int) -> list[float]:
@@ -131,8 +120,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}, "
-          f"batch 1 x {args.seq_len} tokens, median of {args.repeats}")
+    print(f"machine: {describe_host(args.threads)}; batch 1 x {args.seq_len} tokens, "
+          f"median of {args.repeats}")
     print("| size | d | L | dense ms | QTF ms | QTF/dense | dense params | QTF params "
           "| dense GFLOP | QTF GFLOP | quantum share (enc / qksam states / qksam kernel / daruan) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -148,8 +137,7 @@ def main() -> None:
               f"{r['share_daruan']:.0%}) |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": cpu_name(), "torch": torch.__version__,
-                       "threads": args.threads, "rows": rows}, f, indent=2)
+            json.dump({"machine": describe_host(args.threads), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
