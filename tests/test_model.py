@@ -174,3 +174,24 @@ def test_a_few_steps_of_training_lower_the_loss(tiny_config, arch):
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     assert loss_now().item() < 0.5 * first
+
+
+def test_qksam_inference_path_matches_the_autograd_path(tiny_config):
+    from qtf_edge.model.attention import causal_mask
+    from qtf_edge.model.qksam import QuantumKernelAttention
+    torch.manual_seed(0)
+    qksam = QuantumKernelAttention(tiny_config)
+    nn.init.normal_(qksam.to_angles.weight, std=1.0)
+    x = torch.randn(2, 7, tiny_config.d_model)
+    query, key = qksam.states(x)  # batched circuits == each circuit on its own angles
+    angles = qksam.to_angles(x).view(2, 7, 2, tiny_config.n_heads, tiny_config.n_qubits).transpose(1, 3)
+    assert torch.allclose(query, qksam.query_circuit(angles[:, :, 0]), atol=1e-6)
+    assert torch.allclose(key, qksam.key_circuit(angles[:, :, 1]), atol=1e-6)
+    for mask in (causal_mask(7, 7, x.device), None, causal_mask(3, 7, x.device)):
+        q = query if mask is None or mask.shape[0] == 7 else query[:, :, -3:]
+        reference = qksam.attention(q, key, mask)
+        with torch.inference_mode():
+            fast = qksam.attention(q, key, mask)
+        assert torch.allclose(fast, reference.detach(), atol=1e-6)
+        if mask is not None:
+            assert torch.all(fast[..., ~mask] == 0)

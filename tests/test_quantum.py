@@ -191,6 +191,23 @@ def test_unitary_is_orthogonal_and_norms_are_preserved(entangler):
     assert torch.allclose(torch.linalg.vector_norm(state, dim=-1), torch.ones(64), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_unitary_is_cached_without_autograd_and_rebuilt_after_an_update(mode):
+    circuit = VariationalCircuit(4, 3)
+    with mode():
+        first = circuit.unitary()
+        assert circuit.unitary() is first  # reused: theta unchanged
+    with torch.no_grad():
+        circuit.theta.add_(0.5)  # bumps theta's version: the cached unitary is stale
+    with mode():
+        second = circuit.unitary()
+        assert second is not first
+        assert torch.equal(second, circuit._build_unitary())
+    grad_mode = circuit.unitary()  # autograd on: never the cached tensor
+    assert grad_mode is not second and grad_mode.requires_grad
+    assert torch.equal(grad_mode.detach(), second)
+
+
 def test_gradients_flow_through_entropy_and_kernel():
     circuit = VariationalCircuit(4, 2)
     angles = (torch.randn(2, 6, 4) * 1.5).requires_grad_()
@@ -214,7 +231,7 @@ def test_constants_built_in_inference_mode_still_train():
 
 # --- DARUAN ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reps", [1, 2, 3])
+@pytest.mark.parametrize("reps", [1, 2, 3, 4])
 def test_daruan_closed_form_equals_statevector_simulation(reps):
     module = DARUAN(11, reps)
     with torch.no_grad():
@@ -228,6 +245,22 @@ def test_daruan_closed_form_equals_statevector_simulation(reps):
     grads_exact = torch.autograd.grad(exact.sin().sum(), inputs)
     for a, b in zip(grads_fast, grads_exact):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("reps", [1, 2, 3])
+def test_daruan_inference_cache_matches_autograd_path_and_follows_updates(reps):
+    module = DARUAN(16, reps)
+    x = torch.randn(4, 16) * 3
+    with torch.inference_mode():
+        cached = module(x)
+        assert torch.equal(module(x), cached)
+    assert torch.equal(module(x).detach(), cached)  # autograd path rebuilds the constants
+    with torch.no_grad():
+        module.theta.mul_(-2.0)  # in-place update: the cached constants are stale
+        module.bias.add_(1.0)
+        updated = module(x)
+    assert not torch.allclose(updated, cached)
+    assert torch.allclose(updated, simulate_daruan(x, module), atol=1e-5)
 
 
 def test_daruan_output_is_bounded():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qtf_edge.config import ModelConfig
-from qtf_edge.quantum import VariationalCircuit, fidelity_kernel
+from qtf_edge.quantum import VariationalCircuit, angle_encode, fidelity_kernel
 
 INITIAL_INVERSE_TEMPERATURE = 8.0  # a fidelity gap of 1 weighs e^8 ~ 3000x: sharp, still trainable
 
@@ -38,13 +38,29 @@ class QuantumKernelAttention(nn.Module):
     def states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d) -> query and key states, each (B, H, T, 2**n_qubits)."""
         B, T, _ = x.shape
-        angles = self.to_angles(x).view(B, T, 2, self.n_heads, self.n_qubits).transpose(1, 3)
-        return self.query_circuit(angles[:, :, 0]), self.key_circuit(angles[:, :, 1])
+        # Both circuits in one go: one angle_encode over (query | key, B, H, T) and one bmm
+        # with the two unitaries stacked, instead of two of each (the per-op overhead of
+        # these small tensors is most of their cost).
+        angles = self.to_angles(x).view(B, T, 2, self.n_heads, self.n_qubits).permute(2, 0, 3, 1, 4)
+        unitaries = torch.stack((self.query_circuit.unitary(), self.key_circuit.unitary()))
+        encoded = angle_encode(angles.reshape(2, B * self.n_heads * T, self.n_qubits))
+        states = torch.bmm(encoded, unitaries.mT).view(2, B, self.n_heads, T, -1)
+        return states[0], states[1]
 
     def attention(self, query_states: torch.Tensor, key_states: torch.Tensor,
                   mask: torch.Tensor | None) -> torch.Tensor:
         """Row-normalised attention weights (B, H, T, S); mask (T, S) True where allowed."""
-        scores = fidelity_kernel(query_states, key_states) * self.log_inverse_temperature.exp()
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+        inverse_temperature = self.log_inverse_temperature.exp()
+        if torch.is_grad_enabled() or query_states.is_complex() or key_states.is_complex():
+            scores = fidelity_kernel(query_states, key_states) * inverse_temperature
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            return F.softmax(scores, dim=-1)
+        # Inference (the circuits' states are real): the same numbers in fewer passes over
+        # (B, H, T, S). The kernel is overlap**2, so kernel, scale and mask are one addcmul,
+        # additive_mask + beta * overlap * overlap, with an additive 0 / -inf mask.
+        overlap = query_states @ key_states.mT
+        additive = overlap.new_zeros(()) if mask is None else torch.where(
+            mask, overlap.new_zeros(()), float("-inf"))
+        scores = torch.addcmul(additive, overlap, overlap, value=inverse_temperature.item())
         return F.softmax(scores, dim=-1)

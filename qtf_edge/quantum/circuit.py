@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qtf_edge.param_cache import ParameterCache
 from qtf_edge.quantum.gates import check_n_qubits, cnot_permutation, cz_signs, ry
 from qtf_edge.quantum.statevector import (angle_encode, apply_cnot, apply_cz, apply_single_qubit,
                                           kron_factors, zero_state)
@@ -57,12 +58,18 @@ class VariationalCircuit(nn.Module):
             else:
                 ring = ring * cz_signs(n_qubits, a, b)
         self.register_buffer("ring", ring, persistent=False)
+        self._unitary_cache = ParameterCache()  # unitary() reused at inference (see param_cache.py)
 
     def extra_repr(self) -> str:
         return f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, entangler={self.entangler!r}"
 
     def unitary(self) -> torch.Tensor:
-        """(2**n, 2**n) real orthogonal matrix of the variational part, differentiable in theta."""
+        """(2**n, 2**n) real orthogonal matrix of the variational part, differentiable in theta.
+
+        Without autograd it is built once and reused while theta is unchanged."""
+        return self._unitary_cache.get((self.theta, self.ring), self._build_unitary)
+
+    def _build_unitary(self) -> torch.Tensor:
         layers = kron_factors(ry(self.theta))  # (L, 2**n, 2**n): RY on every qubit
         # Entangler E on the left of each layer: (E M)[i, :] = M[ring[i], :] for the CNOT
         # permutation, ring[i] * M[i, :] for the CZ signs.

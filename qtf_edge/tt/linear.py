@@ -13,6 +13,8 @@ import torch
 from tensorly.decomposition import tensor_train
 from torch import nn
 
+from qtf_edge.param_cache import ParameterCache
+
 from .contraction import ContractionPlan, plan_contraction, tt_matmul, tt_to_dense
 from .factorize import factorize_dim
 
@@ -175,7 +177,7 @@ class TTLinear(nn.Module):
         # Inference lowering: where the plan says materialising W beats the chain, keep W
         # between calls instead of rebuilding it (only without autograd; see dense_weight).
         self.cache_dense = True
-        self._dense, self._dense_key = None, None
+        self._dense_cache = ParameterCache()
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None) -> None:
@@ -253,15 +255,12 @@ class TTLinear(nn.Module):
         return tt_to_dense(list(self.cores))
 
     def dense_weight(self) -> torch.Tensor:
-        """W, materialised once and reused while the cores are unchanged, when no gradient
-        is recorded (inference); with autograd on, rebuilt so gradients reach the cores."""
+        """W, materialised once and reused while the cores are unchanged when no gradient is
+        recorded (inference); with autograd on, rebuilt so gradients reach the cores."""
         cores = list(self.cores)
-        if torch.is_grad_enabled() or not self.cache_dense:
+        if not self.cache_dense:
             return tt_to_dense(cores)
-        key = tuple((c.data_ptr(), c._version) for c in cores)
-        if key != self._dense_key:
-            self._dense, self._dense_key = tt_to_dense(cores), key
-        return self._dense
+        return self._dense_cache.get(cores, lambda: tt_to_dense(cores))
 
     def forward(self, x: torch.Tensor, bond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features); bond_mask (..., R) scales bond
