@@ -35,6 +35,15 @@ def check_qubit(qubit: int, n: int, name: str = "qubit") -> None:
         raise ValueError(f"{name} must be an int in [0, {n - 1}], got {qubit!r}")
 
 
+def check_qubit_pair(n: int, a: int, b: int, names: tuple[str, str]) -> None:
+    """Two distinct qubits of an n-qubit register, for a two-qubit gate."""
+    check_n_qubits(n, "n")
+    check_qubit(a, n, names[0])
+    check_qubit(b, n, names[1])
+    if a == b:
+        raise ValueError(f"{names[0]} and {names[1]} must differ, both are {a}")
+
+
 def cached_constant(builder):
     """Memoise a constant-tensor builder.
 
@@ -79,11 +88,7 @@ def cnot_permutation(n: int, control: int, target: int) -> torch.Tensor:
     CNOT flips the target bit where the control bit is 1; it is its own inverse, so the
     new amplitude of state i is the old amplitude of state CNOT(i).
     """
-    check_n_qubits(n, "n")
-    check_qubit(control, n, "control")
-    check_qubit(target, n, "target")
-    if control == target:
-        raise ValueError(f"control and target must differ, both are {control}")
+    check_qubit_pair(n, control, target, ("control", "target"))
     bits = basis_bits(n)
     return torch.arange(2**n) ^ (bits[:, control] << (n - 1 - target))
 
@@ -91,11 +96,7 @@ def cnot_permutation(n: int, control: int, target: int) -> torch.Tensor:
 @cached_constant
 def cz_signs(n: int, a: int, b: int) -> torch.Tensor:
     """(2**n,) float32 of +-1 with CZ|psi> = psi * signs: -1 where qubits a and b are both 1."""
-    check_n_qubits(n, "n")
-    check_qubit(a, n, "a")
-    check_qubit(b, n, "b")
-    if a == b:
-        raise ValueError(f"a and b must differ, both are {a}")
+    check_qubit_pair(n, a, b, ("a", "b"))
     bits = basis_bits(n)
     return 1.0 - 2.0 * (bits[:, a] & bits[:, b]).float()
 
