@@ -39,6 +39,14 @@ def median_seconds(fn, min_repeats=30, min_total_s=0.3) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns, rounds=7) -> list[float]:
+    """Median over rounds of each fn's median time, the fns taking turns within each round,
+    so that a noisy neighbour on a shared core slows all of them alike."""
+    per_round = [[median_seconds(fn, min_repeats=20, min_total_s=0.05) for fn in fns]
+                 for _ in range(rounds)]
+    return [statistics.median(times) for times in zip(*per_round)]
+
+
 def bench_row(d: int, rank: int, tokens: int) -> dict:
     torch.manual_seed(0)
     dense = nn.Linear(d, 4 * d)
@@ -47,9 +55,8 @@ def bench_row(d: int, rank: int, tokens: int) -> dict:
     x = torch.randn(tokens, d)
     plan = tt.plan
     ones = torch.ones(tokens, max(plan.ranks))
-    dense_s = median_seconds(lambda: dense(x))
-    tt_s = median_seconds(lambda: tt(x))
-    masked_s = median_seconds(lambda: tt(x, ones))
+    dense_s, tt_s, masked_s = interleaved_medians(
+        [lambda: dense(x), lambda: tt(x), lambda: tt(x, ones)])
     return {
         "d_model": d,
         "d_ff": 4 * d,

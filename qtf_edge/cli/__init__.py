@@ -1,0 +1,1 @@
+"""The `qtf-edge` command: a click group, one small module per command."""

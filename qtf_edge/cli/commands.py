@@ -1,0 +1,1 @@
+"""Import every command module so that each registers itself on the `cli` group."""
