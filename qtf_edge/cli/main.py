@@ -33,7 +33,32 @@ def user_errors_exit_2(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageError(click.UsageError):
+    """A click usage error (bad flag value, unknown option) shown as one line, like the
+    library's errors, instead of click's usage + hint + message."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _OneLineErrorsGroup(click.Group):
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:  # the group's own options
+            raise _OneLineUsageError(error) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:  # an unknown command or a command's flags
+            raise _OneLineUsageError(error) from None
+
+
+@click.group(cls=_OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qtf-edge")
 def cli() -> None:
     """Train, compress, distill, export and profile Q-TensorFormer language models for

@@ -21,6 +21,9 @@ from qtf_edge.model.qksam import QuantumKernelAttention
 from qtf_edge.tt import TTEmbedding, TTLinear
 
 
+INIT_STD = 0.02
+
+
 class QTensorFormer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -44,11 +47,19 @@ class QTensorFormer(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 initialisation for dense layers; TT layers initialise themselves.
+        # GPT-2 initialisation, N(0, 0.02) entries, for dense and TT weights alike, so that
+        # QTF and its dense baseline start from the same scale (a TT table with N(0, 1)
+        # entries, as nn.Embedding's default, would start the tied head's logits at ~sqrt(d)).
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+        if isinstance(module, TTLinear):
+            module.reset_parameters(std=INIT_STD)
+        # The TT table too: its own N(0, 1) rows (nn.Embedding's default) make the tied
+        # head's logits ~sqrt(d_model) wide, an initial loss of ~40 nats instead of ln(vocab).
+        if isinstance(module, TTEmbedding):
+            module.tt.reset_parameters(std=0.02)
         # Angle projections need O(1) radians, not 0.02-scale ones, or every token starts
         # in nearly the same state (entropy ~0 for all). apply() visits children first.
         if isinstance(module, (QuantumTokenEncoder, QuantumKernelAttention)):
