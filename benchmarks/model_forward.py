@@ -24,14 +24,10 @@ from qtf_edge.host import describe_host
 from qtf_edge.cost.counts import count_params, model_cost, total
 from qtf_edge.model import QTensorFormer
 from qtf_edge.model.encoder import QuantumTokenEncoder
+from qtf_edge.presets import preset
 from qtf_edge.model.qksam import QuantumKernelAttention
 from qtf_edge.quantum import DARUAN
 
-SIZES = {  # the presets' widths and depths (issue 3); vocabulary 8192, context 128
-    "small": dict(d_model=128, n_layers=3, n_heads=4, d_ff=512),
-    "medium": dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),
-    "large": dict(d_model=512, n_layers=6, n_heads=8, d_ff=2048),
-}
 QUANTUM_CALLS = {  # (class, method) pairs whose time counts as circuit simulation
     "encoder": (QuantumTokenEncoder, "forward"),
     "qksam_states": (QuantumKernelAttention, "states"),
@@ -87,7 +83,8 @@ def quantum_share(model, ids, repeats: int) -> dict[str, float]:
 
 
 def measure(size: str, seq_len: int, repeats: int) -> dict:
-    qtf_config = ModelConfig(**SIZES[size])
+    model_fields, train_fields = preset(size)  # the QTF preset; its vocabulary is the train one
+    qtf_config = ModelConfig(**model_fields, vocab_size=train_fields["vocab_size"])
     models = {"qtf": QTensorFormer(qtf_config).eval(),
               "dense": QTensorFormer(qtf_config.dense_baseline()).eval()}
     ids = torch.randint(0, qtf_config.vocab_size, (1, seq_len))

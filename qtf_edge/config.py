@@ -77,11 +77,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return build_from_dict(cls, values, "config")
+
+
+def build_from_dict(cls, values: dict, what: str):
+    """cls(**values) for a config dataclass, refusing unknown keys in one line."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
 
 
 def _require(ok: bool, field: str, allowed: str, value) -> None:

@@ -15,6 +15,7 @@ entanglement entropy, hardness, route and TT rank), to show the model adapting.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,8 @@ from qtf_edge.cost.counts import count_params
 from qtf_edge.data import TextPerplexity, count_words_and_bytes
 from qtf_edge.tokens import check_tokenizer_fits, encode_lines, encode_text, token_text
 
-__all__ = ["EvalResult", "evaluate_text", "per_token_trace", "token_windows"]
+__all__ = ["EvalResult", "TraceSummary", "evaluate_text", "per_token_trace", "token_windows",
+           "windows_loss"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,62 @@ def token_windows(stream: list[int], context_length: int) -> list[list[int]]:
     predict) is dropped."""
     step = context_length
     return [stream[start:start + step + 1] for start in range(0, len(stream) - 1, step)]
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """What the model decided on the evaluated tokens (None where a part is off)."""
+    quantum_fraction: float | None  # share of tokens routed to QKSAM, over blocks
+    mean_entropy: float | None      # entanglement entropy (nats), over blocks and tokens
+    mean_tt_rank: float | None      # adaptive FFN rank used, over blocks and tokens
+
+
+def windows_loss(model, windows, *, batch_size: int, device: torch.device
+                 ) -> tuple[float, TraceSummary]:
+    """Summed NLL (float64) of `model` over token windows (each: inputs window[:-1],
+    targets window[1:]), and a token-weighted summary of its routing, entropy and rank.
+
+    Windows of equal length are batched; only the last can be shorter, so nothing is
+    padded. bf16 autocast on CUDA, as in training. The model runs in eval mode and is
+    given back in the mode it had.
+    """
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda"
+                else contextlib.nullcontext())
+    nll = 0.0
+    sums = {"routed": 0.0, "entropy": 0.0, "rank": 0.0}
+    seen = {"routed": 0, "entropy": 0, "rank": 0}
+    try:
+        with torch.inference_mode():
+            for length in sorted({len(w) for w in windows}, reverse=True):
+                same = [list(w) for w in windows if len(w) == length]
+                for start in range(0, len(same), batch_size):
+                    ids = torch.tensor(same[start:start + batch_size], dtype=torch.long,
+                                       device=device)
+                    with autocast:
+                        logits = model(ids[:, :-1])
+                    nll += float(F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(),
+                                                 reduction="none").double().sum())
+                    _accumulate(model, ids[:, 1:].numel(), sums, seen)
+    finally:
+        model.train(was_training)
+    return nll, TraceSummary(*(sums[k] / seen[k] if seen[k] else None
+                               for k in ("routed", "entropy", "rank")))
+
+
+def _accumulate(model, n_tokens: int, sums: dict, seen: dict) -> None:
+    """Token-weighted sums of the last forward pass's routing, entropy and rank."""
+    routed = model.routed_fraction()
+    if routed is not None:
+        sums["routed"] += routed * n_tokens
+        seen["routed"] += n_tokens
+    for trace in model.token_traces():
+        sums["entropy"] += float(trace.entropy.float().sum())
+        seen["entropy"] += trace.entropy.numel()
+        if trace.rank is not None:
+            sums["rank"] += float(trace.rank.float().sum())
+            seen["rank"] += trace.rank.numel()
 
 
 def _stream_and_counts(tokenizer, lines: list[str], max_tokens: int | None
@@ -100,30 +158,14 @@ def evaluate_text(model, tokenizer, lines: list[str], *, batch_size: int = 8,
     if len(stream) < 2:
         raise ValueError("the text is a single token: nothing to predict")
 
-    windows = token_windows(stream, model.config.context_length)
-    full = [w for w in windows if len(w) == model.config.context_length + 1]
-    # Full windows are batched; the last, shorter one runs alone (no padding to mask).
-    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
-    batches += [[w] for w in windows[len(full):]]
-
-    model.eval().to(device)
-    nll, routed, routed_tokens = 0.0, 0.0, 0
-    with torch.inference_mode():
-        for batch in batches:
-            ids = torch.tensor(batch, dtype=torch.long, device=device)
-            logits = model(ids[:, :-1])
-            losses = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                     reduction="none")
-            nll += float(losses.double().sum())
-            fraction = model.routed_fraction()
-            if fraction is not None:  # weighted by tokens: batches differ in size
-                n = ids[:, :-1].numel()
-                routed, routed_tokens = routed + fraction * n, routed_tokens + n
+    model.to(device)
+    nll, summary = windows_loss(model, token_windows(stream, model.config.context_length),
+                                batch_size=batch_size, device=device)
     tokens = len(stream) - 1
     return EvalResult(
         perplexity=TextPerplexity(nll=nll, tokens=tokens, words=words, bytes=size),
         tokens=tokens, params=count_params(model),
-        routed_fraction=routed / routed_tokens if routed_tokens else None, lines=used)
+        routed_fraction=summary.quantum_fraction, lines=used)
 
 
 def per_token_trace(model, tokenizer, text: str) -> list[dict]:

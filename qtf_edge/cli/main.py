@@ -8,7 +8,9 @@ line on stderr naming the file or flag, no traceback); 1 an internal error (a bu
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,6 +18,14 @@ from qtf_edge import __version__
 
 # Errors that mean "the user's input is wrong": each carries a one-line message.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def invocation() -> str:
+    """The command line as the user typed it, for lineage.json; under a test runner (argv
+    is not ours) the command's path, e.g. "qtf-edge train"."""
+    if Path(sys.argv[0]).name == "qtf-edge":
+        return shlex.join(["qtf-edge", *sys.argv[1:]])
+    return click.get_current_context().command_path
 
 
 def user_errors_exit_2(command):

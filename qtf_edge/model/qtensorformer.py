@@ -56,10 +56,6 @@ class QTensorFormer(nn.Module):
                 nn.init.zeros_(module.bias)
         if isinstance(module, TTLinear):
             module.reset_parameters(std=INIT_STD)
-        # The TT table too: its own N(0, 1) rows (nn.Embedding's default) make the tied
-        # head's logits ~sqrt(d_model) wide, an initial loss of ~40 nats instead of ln(vocab).
-        if isinstance(module, TTEmbedding):
-            module.tt.reset_parameters(std=0.02)
         # Angle projections need O(1) radians, not 0.02-scale ones, or every token starts
         # in nearly the same state (entropy ~0 for all). apply() visits children first.
         if isinstance(module, (QuantumTokenEncoder, QuantumKernelAttention)):

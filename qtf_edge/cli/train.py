@@ -1,0 +1,75 @@
+"""`qtf-edge train`: train a new run, or resume one (a thin shell over train_run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
+from qtf_edge.presets import ARCHES, PRESETS
+from qtf_edge.train.config import DEVICES
+from qtf_edge.train.loop import TrainingDiverged, TrainingInterrupted, train_run
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
+
+
+@cli.command("train")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="Model size and training settings [default: tiny].")
+@click.option("--arch", type=click.Choice(list(ARCHES)), default=None,
+              help="qtf (every component on) or its dense baseline [default: qtf].")
+@click.option("--data", type=click.Path(), default=None,
+              help="Training text: a file or a folder of *.txt [default: shipped excerpt].")
+@click.option("--valid", type=click.Path(), default=None,
+              help="Validation text [default: shipped excerpt].")
+@click.option("--out", type=click.Path(), default=None,
+              help="New run folder [default: runs/<preset>-<arch>].")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="YAML/JSON with model: and train: overrides of the preset.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps.")
+@click.option("--batch-size", type=int, default=None, help="Sequences per step.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--vocab-size", type=int, default=None,
+              help="Tokenizer size requested; also the model's vocab_size.")
+@click.option("--seed", type=int, default=None, help="Seed of weights and batches.")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=None,
+              help="Where to train [default: auto].")
+@click.option("--target", default=None,
+              help="Hardware profile for the estimated latency/energy [default: cpu_xeon].")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue this run folder from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@user_errors_exit_2
+def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vocab_size,
+          seed, device, target, resume, overwrite, quiet, as_json):
+    """Train a Q-TensorFormer (or its dense baseline) on text.
+
+    \b
+      qtf-edge train --preset tiny --out runs/tiny
+      qtf-edge train --resume runs/tiny
+    """
+    overrides = {"steps": steps, "batch_size": batch_size, "learning_rate": lr,
+                 "vocab_size": vocab_size, "seed": seed, "device": device, "target": target}
+    command = invocation()
+    try:
+        result = train_run(out, preset_name=preset, arch=arch, data=data, valid=valid,
+                           config_file=config_file, train_overrides=overrides, resume=resume,
+                           overwrite=overwrite, quiet=quiet, command=command)
+    except TrainingInterrupted as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except TrainingDiverged as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    elif not quiet:
+        final = result.final or {}
+        click.echo(f"{result.run_dir}: {result.step} steps, val perplexity "
+                   f"{final.get('val_perplexity_per_token', float('nan')):.1f} per token, "
+                   f"{final.get('val_perplexity_per_word', float('nan')):.1f} per word, "
+                   f"{result.elapsed_s:.0f} s")
