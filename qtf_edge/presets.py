@@ -9,6 +9,10 @@ TrainConfig.vocab_size (see qtf_edge.train.setup).
 included) and its loss falls clearly; it exists so that the whole pipeline can be tried
 on a laptop. The others are for a GPU and a real corpus (--data): on the shipped
 excerpt (~0.6 MB) they overfit long before their step counts.
+
+TT ranks stay at 16-24 as width grows: a rank-r TT projection costs more FLOPs than the
+dense matmul unless r is small against d (benchmarks/RESULTS.md), and the parameter
+budget is dominated by the embedding, which has its own, larger rank.
 """
 
 from __future__ import annotations
@@ -30,20 +34,20 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     ),
     "medium": (
         dict(context_length=256, d_model=256, n_layers=4, n_heads=8, d_ff=1024,
-             tt_rank=32, tt_embedding_rank=64, r_min=8, r_max=32),
+             tt_rank=16, tt_embedding_rank=64, r_min=4, r_max=16),
         dict(vocab_size=8192, steps=10_000, batch_size=32, learning_rate=1e-3, min_lr=1e-4,
              warmup_steps=500, eval_every=500, eval_tokens=65_536, checkpoint_every=1_000),
     ),
     "large": (
         dict(context_length=256, d_model=512, n_layers=6, n_heads=8, d_ff=2048,
-             tt_rank=64, tt_embedding_rank=128, r_min=16, r_max=64),
+             tt_rank=16, tt_embedding_rank=128, r_min=4, r_max=16),
         dict(vocab_size=16384, steps=20_000, batch_size=64, learning_rate=6e-4, min_lr=6e-5,
              warmup_steps=1_000, eval_every=1_000, eval_tokens=131_072,
              checkpoint_every=2_000),
     ),
     "xl": (
         dict(context_length=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
-             tt_rank=96, tt_embedding_rank=192, r_min=24, r_max=96),
+             tt_rank=24, tt_embedding_rank=192, r_min=6, r_max=24),
         dict(vocab_size=32768, steps=50_000, batch_size=64, learning_rate=3e-4, min_lr=3e-5,
              warmup_steps=2_000, eval_every=2_000, eval_tokens=262_144,
              checkpoint_every=5_000),
