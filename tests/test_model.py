@@ -195,3 +195,17 @@ def test_qksam_inference_path_matches_the_autograd_path(tiny_config):
         assert torch.allclose(fast, reference.detach(), atol=1e-6)
         if mask is not None:
             assert torch.all(fast[..., ~mask] == 0)
+
+
+def test_training_step_under_bf16_autocast_keeps_the_simulation_in_float32(tiny_config):
+    # Mixed precision (as training uses on CUDA) must not reach the simulated circuits:
+    # bf16 amplitudes break state norms, and there is no bf16 eigh on CUDA.
+    model = QTensorFormer(tiny_config)
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 17))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(trace.entropy.dtype == torch.float32 for trace in model.token_traces())
+    assert model.blocks[0].encoder.circuit.theta.grad.abs().sum() > 0

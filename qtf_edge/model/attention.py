@@ -60,5 +60,6 @@ class CausalSelfAttention(nn.Module):
         if self.qksam is not None:
             weights = self.qksam.attention(query_states, key_states, mask)
             y_quantum = F.dropout(weights, p_drop, self.training) @ v
-            y = y_quantum if gate is None else torch.lerp(y, y_quantum, gate[:, None, :, None])
+            y = y_quantum if gate is None else torch.lerp(y, y_quantum.to(y.dtype),
+                                                          gate[:, None, :, None].to(y.dtype))
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

@@ -15,6 +15,7 @@ from torch import nn
 from qtf_edge.config import ModelConfig
 from qtf_edge.quantum import (VariationalCircuit, entanglement_entropy, max_entropy,
                               pauli_z_expectations)
+from qtf_edge.quantum.precision import float32_simulation
 
 
 class QuantumTokenEncoder(nn.Module):
@@ -26,6 +27,7 @@ class QuantumTokenEncoder(nn.Module):
         self.from_pauli_z = nn.Linear(config.n_qubits, config.d_model)
         self.max_entropy = max_entropy(config.n_qubits)
 
+    @float32_simulation
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d) -> (features (B, T, d), entropy S_t (B, T) in nats)."""
         state = self.circuit(self.to_angles(x))

@@ -21,6 +21,7 @@ from torch import nn
 
 from qtf_edge.config import ModelConfig
 from qtf_edge.quantum import VariationalCircuit, angle_encode, fidelity_kernel
+from qtf_edge.quantum.precision import float32_simulation
 
 INITIAL_INVERSE_TEMPERATURE = 8.0  # a fidelity gap of 1 weighs e^8 ~ 3000x: sharp, still trainable
 
@@ -35,6 +36,7 @@ class QuantumKernelAttention(nn.Module):
         self.log_inverse_temperature = nn.Parameter(
             torch.tensor(math.log(INITIAL_INVERSE_TEMPERATURE)))
 
+    @float32_simulation
     def states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d) -> query and key states, each (B, H, T, 2**n_qubits)."""
         B, T, _ = x.shape
@@ -47,6 +49,7 @@ class QuantumKernelAttention(nn.Module):
         states = torch.bmm(encoded, unitaries.mT).view(2, B, self.n_heads, T, -1)
         return states[0], states[1]
 
+    @float32_simulation
     def attention(self, query_states: torch.Tensor, key_states: torch.Tensor,
                   mask: torch.Tensor | None) -> torch.Tensor:
         """Row-normalised attention weights (B, H, T, S); mask (T, S) True where allowed."""

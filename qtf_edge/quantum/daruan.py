@@ -36,6 +36,7 @@ from torch import nn
 
 from qtf_edge.param_cache import ParameterCache
 from qtf_edge.quantum.gates import HADAMARD, PAULI_Z, ry, rz
+from qtf_edge.quantum.precision import float32_simulation
 
 INIT_THETA_STD = 0.1
 
@@ -112,6 +113,7 @@ class DARUAN(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reps={self.reps}"
 
+    @float32_simulation
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., channels) -> (..., channels), exact closed form in real arithmetic."""
         self._check_input(x)
