@@ -36,10 +36,25 @@ def device_name(device: str) -> str:
     return cpu_model()
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """KEY=VALUE ModelConfig overrides for the QTF run (values parsed as JSON, else text)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --qtf-set {pair!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def train(out: Path, arch: str, args, steps: int) -> float:
     start = time.perf_counter()
     train_run(out, preset_name=args.preset, arch=arch, data=args.data_dir / "train.txt",
               valid=args.data_dir / "valid.txt", overwrite=True, quiet=True,
+              model_overrides=parse_overrides(args.qtf_set) if arch == "qtf" else None,
               train_overrides={"steps": steps, "device": args.device, "seed": args.seed},
               command=f"benchmarks/train_wikitext2.py ({arch})")
     return time.perf_counter() - start
@@ -78,6 +93,8 @@ def main() -> None:
                         help="cap the steps so one QTF run takes about this long")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--qtf-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field of the QTF run (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-wikitext2")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -96,7 +113,8 @@ def main() -> None:
     train_fields = preset(args.preset)[1]
     print(f"machine: {device_name(args.device)}; preset {args.preset}, {steps} steps of "
           f"{train_fields['batch_size']} x {preset(args.preset)[0]['context_length']} tokens, "
-          f"seed {args.seed}, torch {torch.__version__}; validation: all of valid.txt")
+          f"seed {args.seed}, torch {torch.__version__}; validation: all of valid.txt; "
+          f"QTF overrides: {parse_overrides(args.qtf_set) or 'none'}")
     print("| arch | params | val ppl/token | val ppl/word | bits/byte | routed | train tok/s | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for arch, r in rows.items():
@@ -110,7 +128,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": device_name(args.device), "steps": steps,
-                                         "preset": args.preset, "rows": rows}, indent=2))
+                                         "preset": args.preset,
+                                         "qtf_overrides": parse_overrides(args.qtf_set),
+                                         "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
