@@ -9,6 +9,7 @@ import click
 
 from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.presets import ARCHES, PRESETS
+from qtf_edge.train.budget import describe, parse_budget
 from qtf_edge.train.config import DEVICES
 from qtf_edge.train.loop import TrainingDiverged, TrainingInterrupted, train_run
 
@@ -38,6 +39,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
               help="Where to train [default: auto].")
 @click.option("--target", default=None,
               help="Hardware profile for the estimated latency/energy [default: cpu_xeon].")
+@click.option("--budget", default=None, metavar="KEY=N,...",
+              help="Hard budgets the final checkpoint must meet: params, latency_ms, "
+                   "energy_uj (per query of context_length tokens, estimated on --target), "
+                   "e.g. params=800k,latency_ms=5,energy_uj=60. TT ranks are lowered by "
+                   "TT rounding during training to reach them.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
@@ -45,14 +51,17 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @user_errors_exit_2
 def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vocab_size,
-          seed, device, target, resume, overwrite, quiet, as_json):
+          seed, device, target, budget, resume, overwrite, quiet, as_json):
     """Train a Q-TensorFormer (or its dense baseline) on text.
 
     \b
       qtf-edge train --preset tiny --out runs/tiny
       qtf-edge train --resume runs/tiny
+      qtf-edge train --preset tiny --budget params=30k --out runs/tiny-30k
     """
-    overrides = {"steps": steps, "batch_size": batch_size, "learning_rate": lr,
+    if budget is not None:
+        parse_budget(budget)  # a bad --budget is named before anything else is read
+    overrides = {"budget": budget, "steps": steps, "batch_size": batch_size, "learning_rate": lr,
                  "vocab_size": vocab_size, "seed": seed, "device": device, "target": target}
     command = invocation()
     try:
@@ -73,3 +82,9 @@ def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vo
                    f"{final.get('val_perplexity_per_token', float('nan')):.1f} per token, "
                    f"{final.get('val_perplexity_per_word', float('nan')):.1f} per word, "
                    f"{result.elapsed_s:.0f} s")
+        if result.budget:
+            b = result.budget
+            click.echo("budget met by the final checkpoint: " + "; ".join(
+                f"{describe(key, b['figures'][key], b['profile'])} (limit "
+                f"{f'{int(limit):,}' if key == 'params' else f'{limit:g}'})"
+                for key, limit in b["limits"].items()))

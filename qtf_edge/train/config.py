@@ -43,6 +43,7 @@ class TrainConfig:
     vocab_size: int = 8192           # requested tokenizer size, and the model's vocab_size
     max_bad_steps: int = 5           # non-finite steps in a row before reloading a checkpoint
     target: str = "cpu_xeon"         # hardware profile for the estimated latency/energy
+    budget: str = ""                 # e.g. "params=800k,energy_uj=60" (train.budget); "": none
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -93,6 +94,11 @@ def _validate(c: TrainConfig) -> None:
             raise _fail(name, "a finite number >= 0", value)
     if c.device not in DEVICES:
         raise _fail("device", f"one of {', '.join(DEVICES)}", c.device)
+    if not isinstance(c.budget, str):
+        raise _fail("budget", "a string such as 'params=800k,latency_ms=5'", c.budget)
+    if c.budget:
+        from qtf_edge.train.budget import parse_budget
+        parse_budget(c.budget)
     if c.target not in list_profiles():
         raise _fail("target", f"a hardware profile, one of {', '.join(list_profiles())}",
                     c.target)

@@ -20,12 +20,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qtf_edge.cost.counts import count_params
 from qtf_edge.runs import TRAIN_STATE_FILE, append_metrics, save_checkpoint, save_run
 from qtf_edge.train.batches import random_batch
+from qtf_edge.train.budget import (
+    BudgetError,
+    describe,
+    fit_to_budget,
+    measure,
+    rebuild_optimizer,
+    scheduled_steps,
+    violations,
+)
 from qtf_edge.train.interrupt import stop_on_sigint
+from qtf_edge.train.optimizer import make_optimizer
 from qtf_edge.train.progress import Progress
 from qtf_edge.train.schedule import learning_rate
-from qtf_edge.train.setup import Session, load_checkpoint, prepare_session
+from qtf_edge.train.setup import (
+    Session,
+    estimate_on_target,
+    load_checkpoint,
+    prepare_session,
+)
 from qtf_edge.train.state import apply_train_state, train_state_bytes
 from qtf_edge.train.validation import validation_loss
 
@@ -53,10 +69,11 @@ class TrainResult:
     final: dict | None       # the last evaluation's metrics record
     params: int
     elapsed_s: float         # training time over every session of the run
+    budget: dict | None = None  # --budget: limits, the final checkpoint's figures, met
 
     def to_dict(self) -> dict:
         return {"run_dir": str(self.run_dir), "steps": self.step, "params": self.params,
-                "elapsed_s": self.elapsed_s, "final": self.final}
+                "elapsed_s": self.elapsed_s, "final": self.final, "budget": self.budget}
 
 
 def train_run(out=None, *, preset_name: str | None = None, arch: str | None = None,
@@ -139,7 +156,14 @@ def reload_last_checkpoint(session: Session) -> None:
     """Weights, optimizer, RNG and step of the run's last checkpoint, into the session
     (the learning-rate scale is the caller's to set)."""
     run, tensors, state, _ = load_checkpoint(session.run_dir, session.device)
-    session.model.load_state_dict(run.model.state_dict())
+    saved, current = run.model.state_dict(), session.model.state_dict()
+    if all(saved[k].shape == v.shape for k, v in current.items()):
+        session.model.load_state_dict(saved)
+    else:  # --budget rounded TT ranks after that checkpoint: go back to its ranks
+        session.model = run.model.to(session.device).train()
+        session.optimizer = make_optimizer(session.model, session.config)
+        session.params = count_params(session.model)
+        session.estimate = estimate_on_target(session.model, session.config.target)
     apply_train_state(tensors, session.model, session.optimizer,
                       session.run_dir / TRAIN_STATE_FILE, session.device)
     session.state.step, session.state.tokens_seen = state.step, state.tokens_seen
@@ -180,6 +204,7 @@ def run_session(session: Session, quiet: bool = False) -> TrainResult:
     progress = Progress(config.steps, state.step, quiet)
     losses, interval_time, interval_tokens, bad_in_row, record = [], 0.0, 0, 0, None
     lr = 0.0
+    budget_steps = scheduled_steps(config.steps) if session.budget else ()
     try:
         with stop_on_sigint() as stop:
             while state.step < config.steps:
@@ -204,6 +229,8 @@ def run_session(session: Session, quiet: bool = False) -> TrainResult:
                     bad_in_row = 0
                     losses.append(loss)
                 progress.step(state.step, loss, tokens_per_s)
+                if session.budget and state.step in budget_steps:
+                    enforce_budget(session, progress)
 
                 last = state.step == config.steps
                 if last or state.step % config.eval_every == 0:
@@ -222,7 +249,55 @@ def run_session(session: Session, quiet: bool = False) -> TrainResult:
                     raise TrainingInterrupted(state.step, session.run_dir)
     finally:
         progress.close()
-    return TrainResult(session.run_dir, state.step, record, session.params, state.elapsed_s)
+    return TrainResult(session.run_dir, state.step, record, session.params, state.elapsed_s,
+                       final_budget_check(session) if session.budget else None)
+
+
+# ---------------------------------------------------------------------------- budgets
+
+def _seq_len(session: Session) -> int:
+    return session.model.config.context_length
+
+
+def enforce_budget(session: Session, progress: Progress) -> None:
+    """At a scheduled step: round TT ranks until the estimate fits the budget, rebuild
+    the optimizer (moments of rounded cores reset) and log a "budget_round" event."""
+    rounding = fit_to_budget(session.model, session.budget, session.config.target,
+                             _seq_len(session))
+    if rounding is None:
+        return
+    session.optimizer = rebuild_optimizer(session.optimizer, session.model,
+                                          lambda m: make_optimizer(m, session.config))
+    session.params = count_params(session.model)
+    session.estimate = estimate_on_target(session.model, session.config.target)
+    append_metrics(session.run_dir, {
+        "event": "budget_round", "step": session.state.step, "max_rank": rounding.max_rank,
+        "before": rounding.before, "after": rounding.after,
+        "rel_error": rounding.rel_error, "estimated": True,
+        "profile": session.config.target, "seq_len": _seq_len(session)})
+    progress.message(f"budget: TT ranks rounded to <= {rounding.max_rank} at step "
+                     f"{session.state.step}: {rounding.before['params']:,} -> "
+                     f"{rounding.after['params']:,} parameters, estimated "
+                     f"{rounding.after['latency_ms']:.4g} ms, "
+                     f"{rounding.after['energy_uj']:.4g} uJ per query on "
+                     f"{session.config.target} (relative error {rounding.rel_error:.3g})")
+
+
+def final_budget_check(session: Session) -> dict:
+    """The last checkpoint's figures against the budget, logged as a "budget" event;
+    BudgetError if it is not met."""
+    figures = measure(session.model, session.config.target, _seq_len(session))
+    missed = violations(session.budget, figures)
+    summary = {"limits": session.budget.to_dict(), "figures": figures, "met": not missed,
+               "estimated": True, "profile": session.config.target,
+               "seq_len": _seq_len(session)}
+    append_metrics(session.run_dir, {"event": "budget", "step": session.state.step,
+                                     **summary})
+    if missed:
+        raise BudgetError(
+            f"--budget {session.budget.spec()}: the final checkpoint does not meet it "
+            f"({'; '.join(describe(k, figures[k], session.config.target) for k in missed)})")
+    return summary
 
 
 def _recover(session: Session, bad_steps: int, progress: Progress) -> None:

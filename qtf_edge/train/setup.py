@@ -32,6 +32,7 @@ from qtf_edge.data import (
 from qtf_edge.model import QTensorFormer
 from qtf_edge.presets import check_arch, preset
 from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, RunError, load_run
+from qtf_edge.train.budget import Budget, check_feasible, parse_budget
 from qtf_edge.train.config import TrainConfig, read_config_file
 from qtf_edge.train.optimizer import make_optimizer
 from qtf_edge.train.state import TrainState, apply_train_state, read_train_state
@@ -60,6 +61,7 @@ class Session:
     params: int
     command: str
     tokenizer_json: bytes | None = field(default=None, repr=False)  # new runs only
+    budget: Budget | None = None  # --budget, checked feasible (see qtf_edge.train.budget)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +124,7 @@ def _encode(lines, tokenizer, tokenizer_hash: str, flag: str, source, minimum: i
     return ids
 
 
-def _estimate(model: QTensorFormer, target: str) -> dict:
+def estimate_on_target(model: QTensorFormer, target: str) -> dict:
     report = estimate_model_energy(model, EnergyEstimator(target),
                                    seq_len=model.config.context_length)
     return {"profile": report.profile, "seq_len": report.seq_len, "label": report.label,
@@ -259,10 +261,14 @@ def _session(run_dir, exists, overwrite, model, config, state, settings, tokeniz
     valid_ids = _encode(valid_lines, tokenizer, tokenizer_hash, "--valid",
                         valid or default_corpus("valid"), 2)
     vset = validation_set(valid_ids, valid_lines, end_of_text_id(tokenizer), config.eval_tokens)
-    estimate = _estimate(model, config.target)
+    estimate = estimate_on_target(model, config.target)
+    budget = parse_budget(config.budget) if config.budget else None
+    if budget:
+        check_feasible(budget, model, config.target, model.config.context_length)
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     return Session(run_dir=run_dir, exists=exists, overwrite=overwrite, model=model,
                    optimizer=optimizer, config=config, state=state, settings=settings,
                    train_ids=train_ids, valid=vset, device=device, estimate=estimate,
-                   params=count_params(model), command=command, tokenizer_json=tokenizer_json)
+                   params=count_params(model), command=command, tokenizer_json=tokenizer_json,
+                   budget=budget)
