@@ -11,6 +11,7 @@ from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.presets import ARCHES, PRESETS
 from qtf_edge.train.budget import describe, parse_budget
 from qtf_edge.train.config import DEVICES
+from qtf_edge.train.distributed import ranks_from_env
 from qtf_edge.train.loop import TrainingDiverged, TrainingInterrupted, train_run
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
@@ -58,6 +59,7 @@ def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vo
       qtf-edge train --preset tiny --out runs/tiny
       qtf-edge train --resume runs/tiny
       qtf-edge train --preset tiny --budget params=30k --out runs/tiny-30k
+      torchrun --nproc_per_node 2 -m qtf_edge train --preset small --out runs/small
     """
     if budget is not None:
         parse_budget(budget)  # a bad --budget is named before anything else is read
@@ -74,6 +76,8 @@ def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vo
     except TrainingDiverged as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    if not ranks_from_env().is_main:
+        return  # under torchrun, rank 0 reports
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     elif not quiet:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from qtf_edge.cost.counts import count_params
 from qtf_edge.runs import TRAIN_STATE_FILE, append_metrics, save_checkpoint, save_run
+from qtf_edge.train import distributed
 from qtf_edge.train.batches import random_batch
 from qtf_edge.train.budget import (
     BudgetError,
@@ -89,11 +90,32 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
     Raises ValueError/FileNotFoundError (bad input, nothing written), TrainingInterrupted
     (SIGINT, after a checkpoint) or TrainingDiverged.
     """
-    session = prepare_session(out=out, preset_name=preset_name, arch=arch, data=data,
-                              valid=valid, config_file=config_file,
-                              model_overrides=model_overrides, train_overrides=train_overrides,
-                              resume=resume, overwrite=overwrite, command=command)
-    return run_session(session, quiet=quiet)
+    with distributed.process_group() as ranks:  # one process: nothing to join
+        session = distributed.rank0_first(ranks, lambda tokenizer_json: prepare_session(
+            out=out, preset_name=preset_name, arch=arch, data=data, valid=valid,
+            config_file=config_file, model_overrides=model_overrides,
+            train_overrides=train_overrides, resume=resume, overwrite=overwrite,
+            command=command, tokenizer_json=tokenizer_json))
+        if ranks.active:
+            distribute(session, ranks)
+        try:
+            return run_session(session, quiet=quiet or not ranks.is_main)
+        finally:
+            # The DDP wrapper (its reducer holds the process group) must be freed before
+            # the group is destroyed; freed after, at exit, it can abort the process.
+            session.ddp = None
+
+
+def distribute(session: Session, ranks: distributed.Ranks) -> None:
+    """Make a prepared session one of torchrun's data-parallel workers."""
+    if session.budget:
+        # TT rounding replaces parameters, which the DDP wrapper cannot follow.
+        raise ValueError(f"--budget: not supported under torchrun (WORLD_SIZE="
+                         f"{ranks.world_size}); train a budgeted run with one process")
+    if session.device.type == "cuda":
+        session.device = torch.device("cuda", ranks.local_rank)
+    session.ranks = ranks
+    session.ddp = distributed.wrap(session.model, session.device)
 
 
 def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -104,8 +126,10 @@ def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def train_step(session: Session, inputs: torch.Tensor, targets: torch.Tensor,
                lr: float) -> float | None:
     """One AdamW step; returns the loss, or None when the loss or gradient is not finite
-    (then the weights, the optimizer and the router's steered thresholds are unchanged)."""
+    (then the weights, the optimizer and the router's steered thresholds are unchanged).
+    Under torchrun: the loss averaged over the ranks, None if any rank's is not finite."""
     model, optimizer, config = session.model, session.optimizer, session.config
+    forward = model if session.ddp is None else session.ddp
     for group in optimizer.param_groups:
         group["lr"] = lr
     # The router steers its threshold during the forward pass; a NaN batch would leave a
@@ -114,20 +138,31 @@ def train_step(session: Session, inputs: torch.Tensor, targets: torch.Tensor,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if session.device.type == "cuda"
                 else contextlib.nullcontext())
     optimizer.zero_grad(set_to_none=True)
+    value = None
     try:
         with autocast:
-            logits = model(inputs)
+            logits = forward(inputs)
         loss = language_model_loss(logits, targets)
-        if torch.isfinite(loss):
+        value = loss.item()
+    except torch.linalg.LinAlgError:
+        pass  # the entropy's eigvalsh raises on NaN input where other ops return NaN
+    # Every rank takes the same branch: one that skipped the backward would leave the
+    # others waiting in DDP's gradient all-reduce.
+    mean_loss = distributed.mean_if_all_finite(value, session.ranks)
+    if mean_loss is not None:
+        try:
             loss.backward()
-            # With clipping off, max_norm=inf still measures the norm (grads scale by 1).
+            # With clipping off, max_norm=inf still measures the norm (grads scale by 1);
+            # the gradients are all-reduced, so the norm is the same on every rank.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                   config.grad_clip or math.inf)
             if torch.isfinite(norm):
                 optimizer.step()
-                return loss.item()
-    except torch.linalg.LinAlgError:
-        pass  # the entropy's eigvalsh raises on NaN input where other ops return NaN
+                if session.ranks.active:
+                    distributed.sync_buffers(model)
+                return mean_loss
+        except torch.linalg.LinAlgError:
+            pass
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         for name, b in model.named_buffers():
@@ -138,8 +173,11 @@ def train_step(session: Session, inputs: torch.Tensor, targets: torch.Tensor,
 # ---------------------------------------------------------------------------- checkpoints
 
 def checkpoint(session: Session, elapsed_s: float) -> None:
-    """Save weights and training state; the first save creates the run folder."""
+    """Save weights and training state; the first save creates the run folder. Under
+    torchrun only rank 0 writes (the ranks hold the same weights and state)."""
     session.state.elapsed_s = elapsed_s
+    if not session.ranks.is_main:
+        return
     files = {TRAIN_STATE_FILE: train_state_bytes(session.model, session.optimizer,
                                                  session.state, session.settings,
                                                  session.device)}
@@ -191,9 +229,16 @@ def evaluate(session: Session, train_losses: list[float], lr: float,
     }
 
 
+def _log(session: Session, record: dict) -> None:
+    """Append to metrics.jsonl (rank 0 only under torchrun)."""
+    if session.ranks.is_main:
+        append_metrics(session.run_dir, record)
+
+
 def run_session(session: Session, quiet: bool = False) -> TrainResult:
-    config, state = session.config, session.state
-    tokens_per_step = config.batch_size * session.model.config.context_length
+    config, state, ranks = session.config, session.state, session.ranks
+    tokens_per_step = (config.batch_size * session.model.config.context_length
+                       * ranks.world_size)
     started, elapsed_before = time.perf_counter(), state.elapsed_s
 
     def elapsed() -> float:
@@ -211,7 +256,8 @@ def run_session(session: Session, quiet: bool = False) -> TrainResult:
                 lr = learning_rate(state.step, config) * state.lr_scale
                 inputs, targets = random_batch(session.train_ids, config.batch_size,
                                                session.model.config.context_length,
-                                               config.seed, state.step, session.device)
+                                               config.seed, state.step, session.device,
+                                               rank=ranks.rank)
                 tick = time.perf_counter()
                 loss = train_step(session, inputs, targets, lr)
                 interval_time += time.perf_counter() - tick
@@ -234,18 +280,18 @@ def run_session(session: Session, quiet: bool = False) -> TrainResult:
 
                 last = state.step == config.steps
                 if last or state.step % config.eval_every == 0:
-                    record = evaluate(session, losses, lr, tokens_per_s, elapsed())
-                    append_metrics(session.run_dir, record)
-                    progress.evaluated(record)
+                    if ranks.is_main:  # the others wait for it at the next all-reduce
+                        record = evaluate(session, losses, lr, tokens_per_s, elapsed())
+                        append_metrics(session.run_dir, record)
+                        progress.evaluated(record)
                     losses, interval_time, interval_tokens = [], 0.0, 0
                 saved = last or state.step % config.checkpoint_every == 0
                 if saved:
                     checkpoint(session, elapsed())
-                if stop.requested and not last:
+                if distributed.any_rank(stop.requested, ranks) and not last:
                     if not saved:
                         checkpoint(session, elapsed())
-                    append_metrics(session.run_dir, {"event": "interrupted",
-                                                     "step": state.step})
+                    _log(session, {"event": "interrupted", "step": state.step})
                     raise TrainingInterrupted(state.step, session.run_dir)
     finally:
         progress.close()
@@ -308,7 +354,7 @@ def _recover(session: Session, bad_steps: int, progress: Progress) -> None:
     state.lr_scale = scale
     event = {"event": "nan_guard", "step": failed_at, "bad_steps": bad_steps,
              "reloaded_step": state.step, "lr_scale": scale}
-    append_metrics(session.run_dir, event)
+    _log(session, event)
     progress.message(f"{bad_steps} non-finite steps in a row at step {failed_at}: reloaded "
                      f"the checkpoint of step {state.step}, learning rate x{scale:g}")
     if scale < MIN_LR_SCALE:

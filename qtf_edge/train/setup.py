@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from qtf_edge.config import ModelConfig
 from qtf_edge.cost import EnergyEstimator, estimate_model_energy
@@ -34,6 +35,7 @@ from qtf_edge.presets import check_arch, preset
 from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, RunError, load_run
 from qtf_edge.train.budget import Budget, check_feasible, parse_budget
 from qtf_edge.train.config import TrainConfig, read_config_file
+from qtf_edge.train.distributed import Ranks
 from qtf_edge.train.optimizer import make_optimizer
 from qtf_edge.train.state import TrainState, apply_train_state, read_train_state
 from qtf_edge.train.validation import ValidationSet, validation_set
@@ -62,6 +64,8 @@ class Session:
     command: str
     tokenizer_json: bytes | None = field(default=None, repr=False)  # new runs only
     budget: Budget | None = None  # --budget, checked feasible (see qtf_edge.train.budget)
+    ranks: Ranks = field(default_factory=Ranks)  # torchrun's workers (qtf_edge.train.distributed)
+    ddp: torch.nn.Module | None = field(default=None, repr=False)  # model in DDP, under torchrun
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,7 +141,9 @@ def estimate_on_target(model: QTensorFormer, target: str) -> dict:
 def prepare_session(*, out=None, preset_name: str | None = None, arch: str | None = None,
                     data=None, valid=None, config_file=None, model_overrides: dict | None = None,
                     train_overrides: dict | None = None, resume=None, overwrite: bool = False,
-                    command: str = "train") -> Session:
+                    command: str = "train", tokenizer_json: bytes | None = None) -> Session:
+    """tokenizer_json: a tokenizer already trained on this --data (rank 0's, under
+    torchrun) to use instead of training one; new runs only."""
     model_overrides, train_overrides = model_overrides or {}, train_overrides or {}
     if resume is not None:
         return _resumed(Path(resume), out, preset_name, arch, data, valid, config_file,
@@ -154,8 +160,11 @@ def prepare_session(*, out=None, preset_name: str | None = None, arch: str | Non
     train_lines, train_record = _read_text(data, "--data", "train")
     valid_lines, valid_record = _read_text(valid, "--valid", "valid")
 
-    tokenizer = train_tokenizer(train_lines, config.vocab_size)
-    tokenizer_json = tokenizer.to_str(pretty=True).encode("utf-8")
+    if tokenizer_json is None:
+        tokenizer = train_tokenizer(train_lines, config.vocab_size)
+        tokenizer_json = tokenizer.to_str(pretty=True).encode("utf-8")
+    else:
+        tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
     tokenizer_hash = hashlib.sha256(tokenizer_json).hexdigest()  # as tokenizer_sha256 of the saved file
 
     torch.manual_seed(config.seed)
