@@ -12,6 +12,7 @@ optimizer and RNG states are checkpointed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -102,8 +103,10 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
             return run_session(session, quiet=quiet or not ranks.is_main)
         finally:
             # The DDP wrapper (its reducer holds the process group) must be freed before
-            # the group is destroyed; freed after, at exit, it can abort the process.
+            # the group is destroyed; freed after, at exit, it can abort the process. It
+            # sits in reference cycles, hence the collection.
             session.ddp = None
+            gc.collect()
 
 
 def distribute(session: Session, ranks: distributed.Ranks) -> None:
