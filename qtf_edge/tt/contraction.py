@@ -260,8 +260,12 @@ def _step_matmul(core_matrix: torch.Tensor, state: torch.Tensor, step: Contracti
     return torch.bmm(core_matrix.expand(step.P, step.R, step.S), state.view(step.P, step.S, cols))
 
 
-def tt_matmul(x: torch.Tensor, cores, plan: ContractionPlan, bond_mask: torch.Tensor | None = None):
+def tt_matmul(x: torch.Tensor, cores, plan: ContractionPlan, bond_mask: torch.Tensor | None = None,
+              dense_weight=None):
     """y = x @ tt_to_dense(cores), optionally with per-token bond masks.
+
+    dense_weight: optional callable returning W (e.g. a layer's cached copy), used where
+        the plan takes the materialise-then-GEMM path; by default W is built here.
 
     x: (..., in_features); cores: K tensors (r_k, m_k, n_k, r_{k+1}) matching `plan`.
     bond_mask: None or (..., R) with R >= every internal rank. Token t then uses the TT
@@ -275,7 +279,8 @@ def tt_matmul(x: torch.Tensor, cores, plan: ContractionPlan, bond_mask: torch.Te
         raise ValueError(f"x must have last dimension {plan.in_features}, got {x.shape[-1]}")
     tokens = prod(lead)
     if bond_mask is None and plan.uses_dense(tokens):
-        dense = x.reshape(tokens, plan.in_features) @ tt_to_dense(cores)
+        weight = tt_to_dense(cores) if dense_weight is None else dense_weight()
+        dense = x.reshape(tokens, plan.in_features) @ weight
         return dense.reshape(*lead, plan.out_features)
     # Tokens last: see the module docstring. For one token this is a free view.
     state = x.reshape(tokens, plan.in_features).t().contiguous()

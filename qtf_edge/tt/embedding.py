@@ -117,11 +117,9 @@ class TTEmbedding(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Tied LM head: x (..., embedding_dim) -> logits (..., num_embeddings) = x @ table.T."""
-        plan = self.attend_plan
-        if plan.uses_dense(x.numel() // self.embedding_dim):
-            return x @ self.tt.dense_weight().t()
         transposed = [core.transpose(1, 2) for core in self.tt.cores]
-        return tt_matmul(x, transposed, plan)
+        return tt_matmul(x, transposed, self.attend_plan,
+                         dense_weight=lambda: self.tt.dense_weight().t())
 
     def flops_lookup(self, n_tokens: int) -> int:
         """FLOPs of forward() over n_tokens ids (the per-token chain, 2 per multiply-add)."""

@@ -265,14 +265,8 @@ class TTLinear(nn.Module):
     def forward(self, x: torch.Tensor, bond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features); bond_mask (..., R) scales bond
         channels per token (see `tt_matmul`)."""
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have last dimension {self.in_features}, got {x.shape[-1]}")
         cores = list(self.cores)
-        plan = self._plan_for(cores)
-        if bond_mask is None and plan.uses_dense(x.numel() // self.in_features):
-            y = x @ self.dense_weight()
-        else:
-            y = tt_matmul(x, cores, plan, bond_mask)
+        y = tt_matmul(x, cores, self._plan_for(cores), bond_mask, dense_weight=self.dense_weight)
         return y if self.bias is None else y + self.bias
 
     def flops(self, n_tokens: int) -> int:
