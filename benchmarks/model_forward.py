@@ -48,10 +48,11 @@ def time_forward(model, ids, repeats: int) -> list[float]:
 
 
 @contextmanager
-def timed_quantum_calls(spent: dict[str, float]):
-    """Wrap the simulation calls with wall-clock timers (single thread: wall = CPU time)."""
+def timed_calls(spent: dict[str, float], calls: dict = QUANTUM_CALLS):
+    """Wrap the given (class, method) calls with wall-clock timers (single thread: wall =
+    CPU time)."""
     originals = {}
-    for label, (cls, name) in QUANTUM_CALLS.items():
+    for label, (cls, name) in calls.items():
         original = getattr(cls, name)
         originals[label] = original
 
@@ -65,13 +66,14 @@ def timed_quantum_calls(spent: dict[str, float]):
     try:
         yield
     finally:
-        for label, (cls, name) in QUANTUM_CALLS.items():
+        for label, (cls, name) in calls.items():
             setattr(cls, name, originals[label])
 
 
-def quantum_share(model, ids, repeats: int) -> dict[str, float]:
-    spent = {label: 0.0 for label in QUANTUM_CALLS}
-    with timed_quantum_calls(spent), torch.inference_mode():
+def call_shares(model, ids, repeats: int, calls: dict = QUANTUM_CALLS) -> dict[str, float]:
+    """Share of the forward time spent in each of `calls` (a separate, instrumented pass)."""
+    spent = {label: 0.0 for label in calls}
+    with timed_calls(spent, calls), torch.inference_mode():
         model(ids)
         for label in spent:
             spent[label] = 0.0
@@ -93,7 +95,7 @@ def measure(size: str, seq_len: int, repeats: int) -> dict:
         for name, model in models.items():
             samples[name] += time_forward(model, ids, max(1, repeats // 5))
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
-    share = quantum_share(models["qtf"], ids, max(1, repeats // 2))
+    share = call_shares(models["qtf"], ids, max(1, repeats // 2))
     return {
         "size": size, "seq_len": seq_len,
         "d_model": qtf_config.d_model, "n_layers": qtf_config.n_layers,

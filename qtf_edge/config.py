@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, fields
 
 MAX_QUBITS = 10  # statevectors of 2**10 amplitudes per token are the practical limit here
+FORMS = ("simulated", "deploy")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelConfig:
     n_qubits: int = 4
     n_qlayers: int = 2
     entangler: str = "cnot"
+    # Which entanglement entropy sets ranks and routes: "von_neumann" -Tr(rho log rho), or
+    # "renyi2" -log Tr(rho^2) (no eigenvalues needed). The deploy form computes the same one.
+    entropy: str = "von_neumann"
 
     # Quantum-kernel attention (QKSAM) and the selective router that chooses it per token.
     use_qksam: bool = True
@@ -53,6 +57,14 @@ class ModelConfig:
     # DARUAN (data re-uploading) activations in the FFN instead of GELU.
     use_qkan: bool = True
     daruan_reps: int = 2
+
+    # "simulated": circuits built from their angles, DARUAN activations, LAPACK eigenvalues
+    # (training). "deploy" (made by `qtf-edge distill`): circuits folded into constant
+    # unitaries, B-spline activations of spline_grid intervals and order spline_order in
+    # place of DARUAN, Jacobi eigenvalues: no complex numbers, no eigh, exportable.
+    form: str = "simulated"
+    spline_grid: int = 16
+    spline_order: int = 3
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -70,7 +82,8 @@ class ModelConfig:
         """The dense GPT of the same width, depth, vocabulary and context."""
         return dataclasses.replace(
             self, use_tt=False, tt_embeddings=False, adaptive_rank=False,
-            use_quantum_encoder=False, use_qksam=False, use_router=False, use_qkan=False)
+            use_quantum_encoder=False, use_qksam=False, use_router=False, use_qkan=False,
+            form="simulated")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,6 +156,8 @@ def _validate(c: ModelConfig) -> None:
         _int_in(c, "n_qubits", 2, MAX_QUBITS)
         _int_in(c, "n_qlayers", 1, 16)
         _require(c.entangler in ("cnot", "cz"), "entangler", "'cnot' or 'cz'", c.entangler)
+        _require(c.entropy in ("von_neumann", "renyi2"), "entropy", "'von_neumann' or 'renyi2'",
+                 c.entropy)
     if c.use_router:
         _require(c.use_qksam and c.use_quantum_encoder, "use_router",
                  "false unless use_qksam and use_quantum_encoder are on (it routes tokens "
@@ -155,3 +170,9 @@ def _validate(c: ModelConfig) -> None:
                  "router_temperature", "a number > 0", c.router_temperature)
     if c.use_qkan:
         _int_in(c, "daruan_reps", 1, 8)
+    _require(c.form in FORMS, "form", " or ".join(repr(f) for f in FORMS), c.form)
+    if c.form == "deploy" and c.use_qkan:
+        from qtf_edge.kan.bspline import GRID_SIZE_RANGE, ORDER_RANGE  # local: config must import fast
+
+        _int_in(c, "spline_grid", *GRID_SIZE_RANGE)
+        _int_in(c, "spline_order", *ORDER_RANGE)

@@ -26,7 +26,7 @@ from qtf_edge.data import TextPerplexity, count_words_and_bytes
 from qtf_edge.tokens import check_tokenizer_fits, encode_lines, encode_text, token_text
 
 __all__ = ["EvalResult", "TraceSummary", "evaluate_text", "per_token_trace", "token_windows",
-           "windows_loss"]
+           "window_batches", "windows_loss"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,17 @@ def token_windows(stream: list[int], context_length: int) -> list[list[int]]:
     predict) is dropped."""
     step = context_length
     return [stream[start:start + step + 1] for start in range(0, len(stream) - 1, step)]
+
+
+def window_batches(windows, batch_size: int, device) -> list[torch.Tensor]:
+    """Windows of equal length stacked into (B, T) id tensors: only the last window may be
+    shorter than the others, so nothing is padded."""
+    out = []
+    for length in sorted({len(w) for w in windows}, reverse=True):
+        same = [list(w) for w in windows if len(w) == length]
+        out += [torch.tensor(same[i:i + batch_size], dtype=torch.long, device=device)
+                for i in range(0, len(same), batch_size)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -77,16 +88,12 @@ def windows_loss(model, windows, *, batch_size: int, device: torch.device
     seen = {"routed": 0, "entropy": 0, "rank": 0}
     try:
         with torch.inference_mode():
-            for length in sorted({len(w) for w in windows}, reverse=True):
-                same = [list(w) for w in windows if len(w) == length]
-                for start in range(0, len(same), batch_size):
-                    ids = torch.tensor(same[start:start + batch_size], dtype=torch.long,
-                                       device=device)
-                    with autocast:
-                        logits = model(ids[:, :-1])
-                    nll += float(F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(),
-                                                 reduction="none").double().sum())
-                    _accumulate(model, ids[:, 1:].numel(), sums, seen)
+            for ids in window_batches(windows, batch_size, device):
+                with autocast:
+                    logits = model(ids[:, :-1])
+                nll += float(F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(),
+                                             reduction="none").double().sum())
+                _accumulate(model, ids[:, 1:].numel(), sums, seen)
     finally:
         model.train(was_training)
     return nll, TraceSummary(*(sums[k] / seen[k] if seen[k] else None

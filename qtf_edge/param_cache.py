@@ -6,7 +6,8 @@ W, a matmul chain) each; at inference the parameters do not change between calls
 autograd on, always rebuild (so gradients reach the parameters); with it off, reuse the value while
 every parameter has the same storage and version counter (an in-place update such as an
 optimizer step or load_state_dict bumps the version; .to() or reassignment changes the
-storage).
+storage). While torch.export or torch.compile traces, always rebuild: fake tensors have
+no storage, and the traced graph should hold the build, which the exporter folds.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class ParameterCache:
         self._key, self._value = None, None
 
     def get(self, params: Sequence[torch.Tensor], build: Callable[[], Any]) -> Any:
-        if torch.is_grad_enabled():
-            return build()
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return build()  # traced graphs (export, compile) have no storage to key on
         key = tuple((p.data_ptr(), p._version) for p in params)
         if key != self._key:
             # The key is taken first: if build() itself were to bump a version, the next

@@ -3,7 +3,7 @@
 A run folder holds
 
     config.json              {"format": "qtf-edge-run", "format_version": 1,
-                              "form": "simulated", "model": ModelConfig.to_dict()}
+                              "form": "simulated" | "deploy", "model": ModelConfig.to_dict()}
     model.safetensors        the state dict (safetensors: no code runs on load)
     tokenizer.json           copied from the tokenizer given to save_run
     lineage.json             command, UTC time, package version, parent model sha256,
@@ -41,7 +41,7 @@ from torch import nn
 
 import qtf_edge
 from qtf_edge.atomic import staged_directory, write_bytes_atomic, write_json_atomic
-from qtf_edge.config import ModelConfig
+from qtf_edge.config import FORMS, ModelConfig
 from qtf_edge.tt import TTEmbedding, TTLinear
 from qtf_edge.tt.linear import resolve_ranks
 
@@ -55,7 +55,7 @@ TRAIN_STATE_FILE = "train_state.safetensors"
 RUN_FORMAT = "qtf-edge-run"
 LINEAGE_FORMAT = "qtf-edge-lineage"
 FORMAT_VERSION = 1
-KNOWN_FORMS = ("simulated",)  # float weights, quantum parts simulated exactly
+KNOWN_FORMS = FORMS  # simulated (trainable circuits) or deploy (folded, splines): see config.py
 REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, LINEAGE_FILE)
 UNHASHED_FILES = (METRICS_FILE,)  # append-only: a hash would be stale after each append
 PREVIOUS_SUFFIX = ".prev"  # save_checkpoint keeps the last complete file under this name
@@ -128,7 +128,7 @@ def _state_dict_bytes(model: nn.Module) -> bytes:
 
 
 def _config_bytes(config: ModelConfig) -> bytes:
-    doc = {"format": RUN_FORMAT, "format_version": FORMAT_VERSION, "form": "simulated",
+    doc = {"format": RUN_FORMAT, "format_version": FORMAT_VERSION, "form": config.form,
            "model": config.to_dict()}
     return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
@@ -368,6 +368,11 @@ def _read_config(run_dir: Path) -> tuple[ModelConfig, str]:
     model = doc.get("model")
     if not isinstance(model, dict):
         raise _fail(path, "expected a 'model' object with the ModelConfig fields")
+    # The top-level form mirrors model.form for readers of the file; runs written before
+    # model.form existed have only the top-level one.
+    model = {"form": form, **model}
+    if model["form"] != form:
+        raise _fail(path, f"form {form!r} disagrees with model.form {model['form']!r}")
     try:
         return ModelConfig.from_dict(model), form
     except (TypeError, ValueError) as e:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import invoke
 
-from qtf_edge.cli.main import cli
 from qtf_edge.cost.counts import count_params
 from qtf_edge.pareto import non_dominated, pick
 from qtf_edge.runs import append_metrics, load_run, read_metrics
@@ -26,9 +25,6 @@ def micro_config(tmp_path):
     path.write_text(json.dumps({"model": MICRO_MODEL, "train": MICRO_TRAIN}))
     return path
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def micro_params() -> int:

@@ -4,10 +4,9 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import assert_one_line_error, invoke
 from run_factory import make_run
 
-from qtf_edge.cli.main import cli
 from qtf_edge.cost import list_profiles
 from qtf_edge.cost.counts import PARTS
 from qtf_edge.data import default_corpus, load_tokenizer, read_corpus
@@ -26,18 +25,6 @@ def data_file(tmp_path_factory):
     path.write_text("\n".join(read_corpus(default_corpus("valid"))[:3]) + "\n")
     return path
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *expected):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for text in expected:
-        assert text in lines[0]
 
 
 def test_help_lists_the_commands():

@@ -3,3 +3,4 @@
 from qtf_edge.cli import evaluate, generate, info  # noqa: F401
 from qtf_edge.cli import train  # noqa: F401
 from qtf_edge.cli import pareto  # noqa: F401
+from qtf_edge.cli import distill  # noqa: F401

@@ -47,17 +47,20 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
                    "TT rounding during training to reach them.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder from its last checkpoint.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start a new run (--out) from this run's model and tokenizer: fine-tuning.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @user_errors_exit_2
 def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vocab_size,
-          seed, device, target, budget, resume, overwrite, quiet, as_json):
+          seed, device, target, budget, resume, init_from, overwrite, quiet, as_json):
     """Train a Q-TensorFormer (or its dense baseline) on text.
 
     \b
       qtf-edge train --preset tiny --out runs/tiny
       qtf-edge train --resume runs/tiny
+      qtf-edge train --init-from runs/tiny-deploy --steps 100 --lr 3e-4 --out runs/tiny-healed
       qtf-edge train --preset tiny --budget params=30k --out runs/tiny-30k
       torchrun --nproc_per_node 2 -m qtf_edge train --preset small --out runs/small
     """
@@ -69,7 +72,8 @@ def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vo
     try:
         result = train_run(out, preset_name=preset, arch=arch, data=data, valid=valid,
                            config_file=config_file, train_overrides=overrides, resume=resume,
-                           overwrite=overwrite, quiet=quiet, command=command)
+                           init_from=init_from, overwrite=overwrite, quiet=quiet,
+                           command=command)
     except TrainingInterrupted as stop:
         click.echo(str(stop), err=True)
         sys.exit(EXIT_INTERRUPTED)

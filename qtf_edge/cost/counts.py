@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from qtf_edge.kan import BSplineActivation
 from qtf_edge.model.qtensorformer import QTensorFormer
+from qtf_edge.quantum import FoldedCircuit
+from qtf_edge.quantum.jacobi import SWEEPS as JACOBI_SWEEPS
 from qtf_edge.tt import TTEmbedding, TTLinear
 
 BYTES_PER_VALUE = 4  # float32
@@ -79,23 +82,32 @@ def layernorm_compute(width: int, n_tokens: int) -> Cost:
     return _compute(LAYERNORM_FLOPS * n_tokens * width, 2 * n_tokens * width)
 
 
-def circuit_compute(n_qubits: int, n_layers: int, n_states: int) -> Cost:
+def circuit_compute(circuit: nn.Module, n_states: int) -> Cost:
     """Simulating n_states circuits: angle encoding (one cos and sin per qubit, a Kronecker
     product), one (2**n x 2**n) matmul with the variational unitary, and building that
-    unitary once per call (n_layers Kronecker products and matmuls)."""
-    dim = 2 ** n_qubits
+    unitary once per call (n_layers Kronecker products and matmuls; none once folded)."""
+    n_qubits, dim = circuit.n_qubits, 2 ** circuit.n_qubits
+    n_layers = 0 if isinstance(circuit, FoldedCircuit) else circuit.n_layers
     per_state = 2 * n_qubits * TRANSCENDENTAL_FLOPS + 2 * dim + 2 * dim * dim
     build = n_layers * (2 * dim ** 3 + dim * dim + 2 * n_qubits * TRANSCENDENTAL_FLOPS)
     return _compute(n_states * per_state + build, n_states * (n_qubits + dim))
 
 
-def entropy_compute(n_qubits: int, n_states: int) -> Cost:
-    """Reduced density matrix of half the qubits, its eigenvalues and -sum(l log l)."""
-    kept = 2 ** (n_qubits // 2)
-    traced = 2 ** (n_qubits - n_qubits // 2)
-    per_state = (2 * kept * kept * traced + EIGVALSH_FLOPS_PER_DIM_CUBED * kept ** 3
-                 + kept * (TRANSCENDENTAL_FLOPS + 2))
-    return _compute(n_states * per_state, n_states * (2 ** n_qubits + 1))
+def entropy_compute(encoder, n_states: int) -> Cost:
+    """Reduced density matrix of half the qubits, then either its eigenvalues (LAPACK, or
+    Jacobi sweeps: per round two d x d matmuls and ~30 d elementwise FLOPs) and
+    -sum(l log l), or the Renyi-2 entropy -log(sum of squared entries)."""
+    kept = 2 ** (encoder.n_qubits // 2)
+    traced = 2 ** (encoder.n_qubits - encoder.n_qubits // 2)
+    per_state = 2 * kept * kept * traced
+    if encoder.entropy_measure == "renyi2":
+        per_state += 2 * kept * kept + TRANSCENDENTAL_FLOPS
+    elif encoder.eigensolver == "jacobi":
+        per_state += (JACOBI_SWEEPS[kept] * (kept - 1) * (4 * kept ** 3 + 30 * kept)
+                      + kept * (TRANSCENDENTAL_FLOPS + 2))
+    else:
+        per_state += EIGVALSH_FLOPS_PER_DIM_CUBED * kept ** 3 + kept * (TRANSCENDENTAL_FLOPS + 2)
+    return _compute(n_states * per_state, n_states * (2 ** encoder.n_qubits + 1))
 
 
 def _encoder_cost(block, n: int) -> Cost:
@@ -103,9 +115,9 @@ def _encoder_cost(block, n: int) -> Cost:
     dim = 2 ** encoder.n_qubits
     cost = _weights(block.ln_encoder, encoder, block.router) + layernorm_compute(d, n)
     cost += linear_compute(encoder.to_angles, n) + linear_compute(encoder.from_pauli_z, n)
-    cost += circuit_compute(encoder.n_qubits, encoder.circuit.n_layers, n)
+    cost += circuit_compute(encoder.circuit, n)
     cost += _compute(2 * n * dim * encoder.n_qubits, n * (dim + encoder.n_qubits))  # Pauli-Z
-    cost += entropy_compute(encoder.n_qubits, n)
+    cost += entropy_compute(encoder, n)
     if block.router is not None:  # sigmoid, compare and straight-through mix per token
         cost += _compute(n * (TRANSCENDENTAL_FLOPS + 6), 2 * n)
     return cost
@@ -125,8 +137,8 @@ def _attention_cost(block, n: int, context: int) -> Cost:
         return cost + classical
     dim = 2 ** qksam.n_qubits
     quantum = linear_compute(qksam.to_angles, n)
-    quantum += circuit_compute(qksam.n_qubits, qksam.query_circuit.n_layers, n * heads)
-    quantum += circuit_compute(qksam.n_qubits, qksam.key_circuit.n_layers, n * heads)
+    quantum += circuit_compute(qksam.query_circuit, n * heads)
+    quantum += circuit_compute(qksam.key_circuit, n * heads)
     quantum += _compute(scores * (2 * dim + 2 + SOFTMAX_FLOPS) + weighted_sum,
                         context * heads * dim + 2 * scores + n * d)
     if block.router is None:  # every token takes QKSAM; no classical scores are computed
@@ -141,6 +153,12 @@ def _ffn_cost(block, n: int) -> Cost:
     hidden = n * ffn.up.out_features
     if isinstance(ffn.activation, nn.GELU):
         return cost + _compute(GELU_FLOPS * hidden, 2 * hidden)
+    if isinstance(ffn.activation, BSplineActivation):
+        # SiLU base term; locate the segment (~8 ops); Horner over order + 1 coefficients
+        # gathered per value (read as extra traffic); the linear extension; the two scales.
+        k = ffn.activation.order
+        per_value = TRANSCENDENTAL_FLOPS + 3 + 8 + 2 * k + 4 + 3
+        return cost + _compute(per_value * hidden, (3 + k) * hidden)
     # Per value and re-upload: cos and sin of the data angle, a z-rotation and a 3x3
     # rotation of the Bloch vector; then the final 3x3 rotation, scale and bias.
     per_value = ffn.activation.reps * (2 * TRANSCENDENTAL_FLOPS + 2 + 6 + 18) + 18 + 2

@@ -1,4 +1,5 @@
-"""Feed-forward block: TT (or dense) up/down projections around DARUAN (or GELU).
+"""Feed-forward block: TT (or dense) up/down projections around DARUAN (or GELU, or in the
+deploy form the B-spline fitted to each DARUAN channel).
 
 With adaptive rank on, each token uses only the first r_t channels of every TT bond,
 r_t = r_min + round(a * S_t) clipped to [r_min, r_max], a = (r_max - r_min) / S_max:
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from qtf_edge.config import ModelConfig
+from qtf_edge.kan import BSplineActivation
 from qtf_edge.model.linear import apply_linear, make_linear
 from qtf_edge.quantum import DARUAN
 from qtf_edge.tt import rank_to_mask
@@ -23,12 +25,21 @@ def adaptive_ranks(entropy: torch.Tensor, max_entropy: float, r_min: int,
     return (r_min + torch.round(slope * entropy)).clamp(r_min, r_max).long()
 
 
+def make_activation(config: ModelConfig) -> nn.Module:
+    """DARUAN (simulated form), its fitted B-spline KAN (deploy form), or GELU."""
+    if not config.use_qkan:
+        return nn.GELU()
+    if config.form == "deploy":
+        return BSplineActivation(config.d_ff, config.spline_grid, config.spline_order)
+    return DARUAN(config.d_ff, config.daruan_reps)
+
+
 class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.max_rank = config.tt_rank
         self.up = make_linear(config, config.d_model, config.d_ff)
-        self.activation = DARUAN(config.d_ff, config.daruan_reps) if config.use_qkan else nn.GELU()
+        self.activation = make_activation(config)
         self.down = make_linear(config, config.d_ff, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 

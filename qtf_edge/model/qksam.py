@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qtf_edge.config import ModelConfig
-from qtf_edge.quantum import VariationalCircuit, angle_encode, fidelity_kernel
+from qtf_edge.model.circuits import make_circuit
+from qtf_edge.quantum import angle_encode, fidelity_kernel
 from qtf_edge.quantum.precision import float32_simulation
 
 INITIAL_INVERSE_TEMPERATURE = 8.0  # a fidelity gap of 1 weighs e^8 ~ 3000x: sharp, still trainable
@@ -31,8 +32,8 @@ class QuantumKernelAttention(nn.Module):
         super().__init__()
         self.n_heads, self.n_qubits = config.n_heads, config.n_qubits
         self.to_angles = nn.Linear(config.d_model, 2 * config.n_heads * config.n_qubits)
-        self.query_circuit = VariationalCircuit(config.n_qubits, config.n_qlayers, config.entangler)
-        self.key_circuit = VariationalCircuit(config.n_qubits, config.n_qlayers, config.entangler)
+        self.query_circuit = make_circuit(config)
+        self.key_circuit = make_circuit(config)
         self.log_inverse_temperature = nn.Parameter(
             torch.tensor(math.log(INITIAL_INVERSE_TEMPERATURE)))
 
@@ -60,10 +61,11 @@ class QuantumKernelAttention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             return F.softmax(scores, dim=-1)
         # Inference (the circuits' states are real): the same numbers in fewer passes over
-        # (B, H, T, S). The kernel is overlap**2, so kernel, scale and mask are one addcmul,
-        # additive_mask + beta * overlap * overlap, with an additive 0 / -inf mask.
-        overlap = query_states @ key_states.mT
+        # (B, H, T, S). The kernel is overlap**2, so with the queries scaled by sqrt(beta)
+        # (a pass over (B, H, T, 2**n) only) kernel, scale and mask are one addcmul,
+        # additive_mask + overlap * overlap, with an additive 0 / -inf mask.
+        overlap = (query_states * inverse_temperature.sqrt()) @ key_states.mT
         additive = overlap.new_zeros(()) if mask is None else torch.where(
             mask, overlap.new_zeros(()), float("-inf"))
-        scores = torch.addcmul(additive, overlap, overlap, value=inverse_temperature.item())
+        scores = torch.addcmul(additive, overlap, overlap)
         return F.softmax(scores, dim=-1)

@@ -80,14 +80,15 @@ class TrainResult:
 
 def train_run(out=None, *, preset_name: str | None = None, arch: str | None = None,
               data=None, valid=None, config_file=None, model_overrides: dict | None = None,
-              train_overrides: dict | None = None, resume=None, overwrite: bool = False,
-              quiet: bool = False, command: str = "train") -> TrainResult:
+              train_overrides: dict | None = None, resume=None, init_from=None,
+              overwrite: bool = False, quiet: bool = False, command: str = "train") -> TrainResult:
     """Train a new run (or resume one) and return where it ended.
 
     preset_name/arch: a named size (qtf_edge.presets) and "qtf" or "dense" (default tiny,
     qtf). config_file: YAML/JSON with model:/train: overrides. model_overrides,
     train_overrides: ModelConfig / TrainConfig fields (flags), applied last; None values
     are ignored. resume: a run folder to continue; its settings must match the request.
+    init_from: a run folder whose model and tokenizer a new run (out) starts from.
     Raises ValueError/FileNotFoundError (bad input, nothing written), TrainingInterrupted
     (SIGINT, after a checkpoint) or TrainingDiverged.
     """
@@ -95,8 +96,8 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
         session = distributed.rank0_first(ranks, lambda tokenizer_json: prepare_session(
             out=out, preset_name=preset_name, arch=arch, data=data, valid=valid,
             config_file=config_file, model_overrides=model_overrides,
-            train_overrides=train_overrides, resume=resume, overwrite=overwrite,
-            command=command, tokenizer_json=tokenizer_json))
+            train_overrides=train_overrides, resume=resume, init_from=init_from,
+            overwrite=overwrite, command=command, tokenizer_json=tokenizer_json))
         if ranks.active:
             distribute(session, ranks)
         try:
@@ -189,7 +190,8 @@ def checkpoint(session: Session, elapsed_s: float) -> None:
                         extra_files=files)
     else:
         save_run(session.run_dir, session.model, session.tokenizer_json,
-                 command=session.command, extra_files=files, overwrite=session.overwrite)
+                 command=session.command, parent=session.parent, extra_files=files,
+                 overwrite=session.overwrite)
         session.exists = True
 
 

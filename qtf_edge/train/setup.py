@@ -32,7 +32,7 @@ from qtf_edge.data import (
 )
 from qtf_edge.model import QTensorFormer
 from qtf_edge.presets import check_arch, preset
-from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, RunError, load_run
+from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, Run, RunError, load_run
 from qtf_edge.train.budget import Budget, check_feasible, parse_budget
 from qtf_edge.train.config import TrainConfig, read_config_file
 from qtf_edge.train.distributed import Ranks
@@ -66,6 +66,7 @@ class Session:
     budget: Budget | None = None  # --budget, checked feasible (see qtf_edge.train.budget)
     ranks: Ranks = field(default_factory=Ranks)  # torchrun's workers (qtf_edge.train.distributed)
     ddp: torch.nn.Module | None = field(default=None, repr=False)  # model in DDP, under torchrun
+    parent: Path | None = None    # --init-from: the run whose weights this one starts from
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,22 +141,28 @@ def estimate_on_target(model: QTensorFormer, target: str) -> dict:
 
 def prepare_session(*, out=None, preset_name: str | None = None, arch: str | None = None,
                     data=None, valid=None, config_file=None, model_overrides: dict | None = None,
-                    train_overrides: dict | None = None, resume=None, overwrite: bool = False,
-                    command: str = "train", tokenizer_json: bytes | None = None) -> Session:
+                    train_overrides: dict | None = None, resume=None, init_from=None,
+                    overwrite: bool = False, command: str = "train",
+                    tokenizer_json: bytes | None = None) -> Session:
     """tokenizer_json: a tokenizer already trained on this --data (rank 0's, under
-    torchrun) to use instead of training one; new runs only."""
+    torchrun) to use instead of training one; new runs only. init_from: a run folder whose
+    model (config, weights) and tokenizer a new run starts from (fine-tuning)."""
     model_overrides, train_overrides = model_overrides or {}, train_overrides or {}
     if resume is not None:
+        if init_from is not None:
+            raise ValueError("--init-from starts a new run and --resume continues one; "
+                             "pass one of them")
         return _resumed(Path(resume), out, preset_name, arch, data, valid, config_file,
                         model_overrides, train_overrides, command)
+    if init_from is not None:
+        return _fine_tuned(init_from, out, preset_name, arch, data, valid, config_file,
+                           model_overrides, train_overrides, overwrite, command)
     preset_label = preset_name or DEFAULT_PRESET
     arch = arch or DEFAULT_ARCH
     model_config, config = resolve_configs(preset_label, arch, config_file, model_overrides,
                                            train_overrides)
     run_dir = Path(out) if out is not None else Path("runs") / f"{preset_label}-{arch}"
-    if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
-        raise ValueError(f"--out {run_dir}: already exists; pass --overwrite to replace it, "
-                         f"choose another folder, or continue it with --resume {run_dir}")
+    _check_new_out(run_dir, overwrite)
     device = resolve_device(config.device)
     train_lines, train_record = _read_text(data, "--data", "train")
     valid_lines, valid_record = _read_text(valid, "--valid", "valid")
@@ -174,6 +181,49 @@ def prepare_session(*, out=None, preset_name: str | None = None, arch: str | Non
     return _session(run_dir, False, overwrite, model, config, TrainState(), settings,
                     tokenizer, tokenizer_hash, train_lines, valid_lines, data, valid, device,
                     command, tokenizer_json=tokenizer_json)
+
+
+def _check_new_out(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
+        raise ValueError(f"--out {run_dir}: already exists; pass --overwrite to replace it, "
+                         f"choose another folder, or continue it with --resume {run_dir}")
+
+
+def _fine_tuned(init_from, out, preset_name, arch, data, valid, config_file,
+                model_overrides, train_overrides, overwrite, command) -> Session:
+    """A new run that starts from another run's model and tokenizer. Its train settings
+    come from the preset (default tiny), the --config file's train: part and the flags;
+    the model is the parent's as it is (any model setting is refused).
+
+    init_from: a run folder, or a loaded `Run` whose model a pass has already changed
+    (distill, compress: they heal in memory and record the folder they read as parent)."""
+    if out is None:
+        raise ValueError("--init-from needs --out: the folder of the new, fine-tuned run")
+    run = init_from if isinstance(init_from, Run) else load_run(init_from)
+    parent = run.path
+    if arch is not None or model_overrides or (
+            config_file is not None and read_config_file(config_file)[0]):
+        raise ValueError(f"--init-from {parent}: the model comes from that run as it is; "
+                         f"drop --arch and model settings")
+    _, config = resolve_configs(preset_name, DEFAULT_ARCH, config_file, {},
+                                {**train_overrides, "vocab_size": run.config.vocab_size})
+    run_dir = Path(out)
+    _check_new_out(run_dir, overwrite)
+    train_lines, train_record = _read_text(data, "--data", "train")
+    valid_lines, valid_record = _read_text(valid, "--valid", "valid")
+    tokenizer_json = run.tokenizer_path.read_bytes()
+    tokenizer = load_tokenizer(run.tokenizer_path)
+    settings = {"arch": "dense" if run.config.is_dense else "qtf",
+                "preset": preset_name or DEFAULT_PRESET, "train": config.to_dict(),
+                "data": {"train": train_record, "valid": valid_record},
+                "init_from": str(parent.resolve())}
+    torch.manual_seed(config.seed)  # dropout and batches; the weights are the parent's
+    session = _session(run_dir, False, overwrite, run.model, config, TrainState(), settings,
+                       tokenizer, tokenizer_sha256(run.tokenizer_path), train_lines,
+                       valid_lines, data, valid, resolve_device(config.device), command,
+                       tokenizer_json=tokenizer_json)
+    session.parent = parent
+    return session
 
 
 def load_checkpoint(run_dir: Path, device: torch.device):

@@ -39,6 +39,8 @@ from math import prod
 
 import torch
 
+from qtf_edge.tensor_checks import check_integer_range
+
 
 @dataclass(frozen=True)
 class MaskedBond:
@@ -347,14 +349,8 @@ def tt_to_dense(cores) -> torch.Tensor:
 def rank_to_mask(ranks: torch.Tensor, max_rank: int) -> torch.Tensor:
     """Per-token rank -> 0/1 bond mask: (...) integer ranks -> (..., max_rank) float32,
     1.0 where channel index < rank."""
-    if ranks.dtype.is_floating_point or ranks.dtype == torch.bool:
-        raise ValueError(f"ranks must be an integer tensor, got dtype {ranks.dtype}")
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    if ranks.numel() and (ranks.min() < 0 or ranks.max() > max_rank):
-        raise ValueError(
-            f"ranks must lie in [0, {max_rank}], got values in "
-            f"[{int(ranks.min())}, {int(ranks.max())}]"
-        )
+    check_integer_range(ranks, 0, max_rank, "ranks")
     channels = torch.arange(max_rank, device=ranks.device)
     return (channels < ranks.unsqueeze(-1)).to(torch.float32)

@@ -10,6 +10,8 @@ from math import prod
 import torch
 from torch import nn
 
+from qtf_edge.tensor_checks import check_integer_range
+
 from .contraction import ContractionPlan, plan_contraction, tt_matmul
 from .linear import TTLinear, arrange_modes
 
@@ -93,13 +95,7 @@ class TTEmbedding(nn.Module):
         order of to_dense); row = G_0[:, i_0] @ G_1[:, i_1] @ ... as a per-token chain of
         batched matmuls over (prod_{j<k} n_j, r_k) @ (r_k, n_k r_{k+1}).
         """
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_embeddings):
-            raise ValueError(
-                f"ids must lie in [0, {self.num_embeddings - 1}], got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]"
-            )
+        check_integer_range(ids, 0, self.num_embeddings - 1, "ids")
         flat = ids.reshape(-1)
         digits = []
         for mode in reversed(self.vocab_modes):

@@ -1,0 +1,154 @@
+"""`distill_run`: a simulated run folder in, a deploy-form run folder out, with a report.
+
+Steps: read the checkpoint; cut calibration text into windows; record each DARUAN's
+input range per channel on it; fit a B-spline per channel on the widened range; build the
+deploy form (folded circuits, splines, Jacobi eigenvalues); compare it with the original
+(perplexity on validation text, routing and rank decisions, logits); optionally heal it
+with a short fine-tuning run on the calibration text; write the run and its report.
+A model with nothing simulated (a dense baseline) or already in deploy form is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qtf_edge.data import DataError, default_corpus, load_tokenizer, read_corpus
+from qtf_edge.distill.agreement import compare
+from qtf_edge.distill.calibration import (DEFAULT_CALIBRATION_TOKENS, calibration_windows,
+                                          daruan_input_ranges)
+from qtf_edge.distill.deploy import DEFAULT_MARGIN, deploy_model, fit_activations, has_simulation
+from qtf_edge.evaluate import evaluate_text
+from qtf_edge.runs import Run, load_run, save_run
+
+REPORT_FILE = "distill_report.json"
+DEFAULT_EVAL_TOKENS = 32768  # validation tokens per perplexity; None: the whole text
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    calib: str | None = None               # calibration text (default: shipped train excerpt)
+    calib_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    data: str | None = None                # validation text (default: shipped valid excerpt)
+    eval_tokens: int | None = DEFAULT_EVAL_TOKENS
+    grid: int = 16
+    order: int = 3
+    margin: float = DEFAULT_MARGIN
+    finetune_steps: int = 0
+    finetune_lr: float = 3e-4
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class DistillReport:
+    source: str
+    out: str
+    copied: str | None = None              # why the model was copied as it is, else None
+    layers: list[dict] = field(default_factory=list)
+    perplexity: dict = field(default_factory=dict)  # original / deploy / healed -> eval dict
+    folding: dict | None = None
+    end_to_end: dict | None = None
+    logits: dict | None = None
+    options: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _validation_lines(data: str | None) -> list[str]:
+    try:
+        return read_corpus(data if data is not None else default_corpus("valid"))
+    except DataError as error:
+        raise ValueError(f"--data: {error}") from None
+
+
+def _perplexity(model, tokenizer, lines, options: DistillOptions) -> dict:
+    result = evaluate_text(model, tokenizer, lines, batch_size=options.batch_size,
+                           max_tokens=options.eval_tokens)
+    return {"per_token": result.perplexity.perplexity_per_token,
+            "per_word": result.perplexity.perplexity_per_word,
+            "bits_per_byte": result.perplexity.bits_per_byte, "tokens": result.tokens,
+            "routed_fraction": result.routed_fraction}
+
+
+def _layer_row(fitted) -> dict:
+    low, high = fitted.observed
+    spline_low, spline_high = fitted.spline.value_range()
+    return {"layer": fitted.name, "channels": int(low.numel()),
+            "observed_min": float(low.min()), "observed_max": float(high.max()),
+            "fit_min": float(spline_low.min()), "fit_max": float(spline_high.max()),
+            "max_abs_error": fitted.error.worst_max, "error_bound": fitted.error.worst_bound,
+            "rms_error": fitted.error.overall_rms}
+
+
+def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions = DistillOptions(),
+                *, overwrite: bool = False, quiet: bool = True,
+                command: str = "distill") -> DistillReport:
+    """Write the deploy form of `checkpoint` to `out` (see the module docstring)."""
+    start = time.perf_counter()
+    run = load_run(checkpoint)
+    report = DistillReport(source=str(checkpoint), out=str(out), options=dict(options.__dict__))
+    valid_lines = _validation_lines(options.data)  # a bad --data fails before any work
+    if run.form == "deploy" or not has_simulation(run.model):
+        report.copied = ("already in deploy form" if run.form == "deploy" else
+                         "no circuits or DARUAN activations to distill (a dense model)")
+        save_run(out, run.model, run.tokenizer_path, command=command, parent=checkpoint,
+                 extra_files={REPORT_FILE: _report_bytes(report)}, overwrite=overwrite)
+        return report
+
+    tokenizer = load_tokenizer(run.tokenizer_path)
+    windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
+                                  run.config.context_length)
+    ranges = daruan_input_ranges(run.model, windows, options.batch_size)
+    fitted = fit_activations(run.model, ranges, options.grid, options.order, options.margin)
+    deploy = deploy_model(run.model, fitted, options.grid, options.order)
+    report.layers = [_layer_row(f) for f in fitted]
+    report.perplexity["original"] = _perplexity(run.model, tokenizer, valid_lines, options)
+    report.perplexity["deploy"] = _perplexity(deploy, tokenizer, valid_lines, options)
+    folding, end_to_end, logits = compare(run.model, deploy, windows, options.batch_size)
+    report.folding, report.end_to_end = folding.to_dict(), end_to_end.to_dict()
+    report.logits = logits.to_dict()
+
+    if options.finetune_steps:
+        deploy = _heal(run, deploy, out, options, overwrite, quiet, command)
+        report.perplexity["healed"] = _perplexity(deploy, tokenizer, valid_lines, options)
+        report.elapsed_s = time.perf_counter() - start
+        _write_report(Path(out), report)
+    else:
+        report.elapsed_s = time.perf_counter() - start
+        save_run(out, deploy, run.tokenizer_path, command=command, parent=checkpoint,
+                 extra_files={REPORT_FILE: _report_bytes(report)}, overwrite=overwrite)
+    return report
+
+
+def _heal(run: Run, deploy, out, options: DistillOptions, overwrite: bool, quiet: bool,
+          command: str):
+    """Fine-tune the deploy form on the calibration text into `out` (a train run whose
+    parent is the simulated checkpoint); returns the healed model."""
+    from qtf_edge.train import train_run  # training pulls in much; only healing needs it
+
+    steps = options.finetune_steps
+    start_from = Run(path=run.path, config=deploy.config, model=deploy.train(),
+                     tokenizer_path=run.tokenizer_path, lineage=run.lineage, form="deploy")
+    overrides = {"steps": steps, "learning_rate": options.finetune_lr,
+                 "min_lr": options.finetune_lr / 10, "warmup_steps": max(1, steps // 10),
+                 "eval_every": max(1, steps // 4), "checkpoint_every": steps,
+                 "batch_size": 16, "seed": options.seed, "device": "cpu"}
+    train_run(out, data=options.calib, valid=options.data, init_from=start_from,
+              train_overrides=overrides, overwrite=overwrite, quiet=quiet, command=command)
+    return load_run(out).model
+
+
+def _report_bytes(report: DistillReport) -> bytes:
+    return (json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _write_report(run_dir: Path, report: DistillReport) -> None:
+    """Beside a healed run (written by training), like metrics.jsonl: not in lineage.json."""
+    from qtf_edge.atomic import write_bytes_atomic
+
+    write_bytes_atomic(run_dir / REPORT_FILE, _report_bytes(report))
