@@ -8,7 +8,7 @@ each form's time spent in its circuit parts (encoder with its entropy, QKSAM sta
 kernel, DARUAN or B-spline activations) comes from a separate, instrumented pass.
 
     python benchmarks/distill.py [--run RUN] [--preset small --steps 300 --data FILE]
-        [--valid FILE] [--grid 16] [--finetune-steps 100] [--json PATH]
+        [--valid FILE] [--calib FILE] [--grid 16] [--finetune-steps 100] [--json PATH]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main() -> None:
                                        "train if ../shared has it, else the shipped excerpt]")
     parser.add_argument("--valid", help="validation text [default: WikiText-2 valid if "
                                         "present, else the shipped excerpt]")
+    parser.add_argument("--calib", help="calibration and healing text [default: WikiText-2 "
+                                        "train if present, else the shipped excerpt]")
     parser.add_argument("--calib-tokens", type=int, default=16384)
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--grid", type=int, default=16)
@@ -85,7 +87,9 @@ def main() -> None:
         run_dir = train_if_needed(args, work)
         valid = args.valid or (str(WIKITEXT / "valid.txt") if (WIKITEXT / "valid.txt").is_file()
                                else None)
-        options = DistillOptions(calib_tokens=args.calib_tokens, data=valid,
+        calib = args.calib or (str(WIKITEXT / "train.txt") if (WIKITEXT / "train.txt").is_file()
+                               else None)
+        options = DistillOptions(calib=calib, calib_tokens=args.calib_tokens, data=valid,
                                  eval_tokens=args.eval_tokens, grid=args.grid, order=args.order,
                                  finetune_steps=args.finetune_steps)
         start = time.perf_counter()
@@ -101,8 +105,9 @@ def main() -> None:
                   "deploy": call_shares(models["deploy"], ids, args.repeats // 2, DEPLOY_CALLS)}
 
     print(f"\nmachine: {describe_host(args.threads)}; run {run_dir}; distill took {distill_s:.0f} s "
-          f"(calibration {args.calib_tokens:,} tokens, grid {args.grid}, order {args.order}, "
-          f"healing {args.finetune_steps} steps)\n")
+          f"(calibration {args.calib_tokens:,} tokens of {calib or 'the shipped excerpt'}, grid "
+          f"{args.grid}, order {args.order}, healing {args.finetune_steps} steps at peak "
+          f"learning rate {options.finetune_lr:g})\n")
     print("| layer | channels | fit range | max abs error | error bound | RMS error |")
     print("|---|---|---|---|---|---|")
     for r in report.layers:

@@ -7,6 +7,7 @@ The step count is the same for both: the preset's, or fewer where --time-budget-
 
     python benchmarks/train_wikitext2.py [--preset small] [--data-dir ../shared/data/wikitext-2]
         [--steps N] [--time-budget-s S] [--device auto] [--out DIR] [--json PATH]
+        [--qtf-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ def device_name(device: str) -> str:
     return cpu_model()
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """KEY=VALUE ModelConfig overrides for the QTF run (values parsed as JSON, else text)."""
+def parse_overrides(pairs: list[str], flag: str = "--qtf-set") -> dict:
+    """KEY=VALUE config overrides (values parsed as JSON, else text)."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"error: --qtf-set {pair!r}: expected KEY=VALUE")
+            raise SystemExit(f"error: {flag} {pair!r}: expected KEY=VALUE")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -55,7 +56,8 @@ def train(out: Path, arch: str, args, steps: int) -> float:
     train_run(out, preset_name=args.preset, arch=arch, data=args.data_dir / "train.txt",
               valid=args.data_dir / "valid.txt", overwrite=True, quiet=True,
               model_overrides=parse_overrides(args.qtf_set) if arch == "qtf" else None,
-              train_overrides={"steps": steps, "device": args.device, "seed": args.seed},
+              train_overrides={**parse_overrides(args.train_set, "--train-set"), "steps": steps,
+                               "device": args.device, "seed": args.seed},
               command=f"benchmarks/train_wikitext2.py ({arch})")
     return time.perf_counter() - start
 
@@ -95,6 +97,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qtf-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a ModelConfig field of the QTF run (repeatable)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a TrainConfig field of both runs, e.g. "
+                             "learning_rate=4e-3 (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-wikitext2")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -114,7 +119,8 @@ def main() -> None:
     print(f"machine: {device_name(args.device)}; preset {args.preset}, {steps} steps of "
           f"{train_fields['batch_size']} x {preset(args.preset)[0]['context_length']} tokens, "
           f"seed {args.seed}, torch {torch.__version__}; validation: all of valid.txt; "
-          f"QTF overrides: {parse_overrides(args.qtf_set) or 'none'}")
+          f"QTF overrides: {parse_overrides(args.qtf_set) or 'none'}; train overrides: "
+          f"{parse_overrides(args.train_set, '--train-set') or 'none'}")
     print("| arch | params | val ppl/token | val ppl/word | bits/byte | routed | train tok/s | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for arch, r in rows.items():
@@ -130,6 +136,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"machine": device_name(args.device), "steps": steps,
                                          "preset": args.preset,
                                          "qtf_overrides": parse_overrides(args.qtf_set),
+                                         "train_overrides": parse_overrides(args.train_set,
+                                                                            "--train-set"),
                                          "rows": rows}, indent=2))
 
 

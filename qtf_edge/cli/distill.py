@@ -33,7 +33,8 @@ from qtf_edge.kan import GRID_SIZE_RANGE, ORDER_RANGE
                                       "of it on each side; outside, splines extend linearly.")
 @click.option("--finetune-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Heal the deploy form by this many training steps on --calib.")
-@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=3e-4,
+@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True),
+              default=DistillOptions.finetune_lr,
               show_default=True, help="Peak learning rate of the healing run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the healing run.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
