@@ -115,13 +115,32 @@ def _int_in(config: ModelConfig, field: str, low: int, high: int | None = None) 
     _require(ok, field, allowed, value)
 
 
-def _full_tt_rank(rows: int, cols: int, n_cores: int) -> int:
-    """Largest bond rank a TT-matrix of this shape can use: beyond it nothing is compressed."""
+def full_tt_rank(rows: int, cols: int, n_cores: int) -> int:
+    """The largest bond rank a TT matrix of this shape can use under any arrangement of its
+    modes that layers choose from (each side ascending or descending): beyond it nothing is
+    compressed. A layer clips a larger tt_rank to its own arrangement's full rank."""
     from qtf_edge.tt.factorize import factorize_dim  # local: config must import fast
 
     row_modes, col_modes = factorize_dim(rows, n_cores), factorize_dim(cols, n_cores)
-    sizes = [m * n for m, n in zip(row_modes, col_modes)]
-    return max(min(math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, n_cores))
+    best = 1
+    for rm in (row_modes, row_modes[::-1]):
+        for cm in (col_modes, col_modes[::-1]):
+            sizes = [m * n for m, n in zip(rm, cm)]
+            best = max(best, max(min(math.prod(sizes[:k]), math.prod(sizes[k:]))
+                                 for k in range(1, n_cores)))
+    return best
+
+
+def block_rank_limit(c: ModelConfig) -> int:
+    """The largest useful tt_rank: the largest full TT rank of a block projection."""
+    shapes = ((c.d_model, 3 * c.d_model), (c.d_model, c.d_model), (c.d_model, c.d_ff),
+              (c.d_ff, c.d_model))
+    return max(full_tt_rank(rows, cols, c.tt_cores) for rows, cols in shapes)
+
+
+def embedding_rank_limit(c: ModelConfig) -> int:
+    return max(full_tt_rank(c.vocab_size, c.d_model, c.tt_cores),
+               full_tt_rank(c.d_model, c.vocab_size, c.tt_cores))
 
 
 def _validate(c: ModelConfig) -> None:
@@ -138,12 +157,9 @@ def _validate(c: ModelConfig) -> None:
     if c.use_tt or c.tt_embeddings:
         _int_in(c, "tt_cores", 2, 4)
     if c.use_tt:
-        limit = min(_full_tt_rank(c.d_model, c.d_model, c.tt_cores),
-                    _full_tt_rank(c.d_model, c.d_ff, c.tt_cores))
-        _int_in(c, "tt_rank", 1, limit)
+        _int_in(c, "tt_rank", 1, block_rank_limit(c))
     if c.tt_embeddings:
-        _int_in(c, "tt_embedding_rank", 1,
-                _full_tt_rank(c.vocab_size, c.d_model, c.tt_cores))
+        _int_in(c, "tt_embedding_rank", 1, embedding_rank_limit(c))
 
     if c.adaptive_rank:
         _require(c.use_tt and c.use_quantum_encoder, "adaptive_rank",

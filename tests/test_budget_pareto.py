@@ -40,16 +40,26 @@ def test_parse_budget_accepts_suffixes_and_names_the_flag_and_keys_on_errors():
     assert budget == Budget(params=800_000, latency_ms=5, energy_uj=1_500_000)
     assert budget.to_dict() == {"params": 800_000, "latency_ms": 5.0, "energy_uj": 1.5e6}
     assert parse_budget("energy_uj=60").limits() == {"energy_uj": 60.0}
-    for bad, words in [("flops=3", ["unknown key 'flops'"]), ("params=abc", ["'abc'"]),
-                       ("params=-3", ["'-3'"]), ("params=1x", ["'1x'"]), ("", ["no budget"]),
+    assert parse_budget("flops=3M,size_mb=2").limits() == {"flops": 3e6, "size_mb": 2.0}
+    for bad, words in [("watts=3", ["unknown key 'watts'"]), ("params=abc", ["'abc'"]),
+                       ("params=-3", ["'-3'"]), ("params=1kx", ["'1kx'"]), ("", ["no budget"]),
                        ("params=1,params=2", ["twice"])]:
         with pytest.raises(ValueError) as error:
             parse_budget(bad)
         message = str(error.value)
         assert message.startswith("--budget") and "\n" not in message
-        assert "params, latency_ms, energy_uj" in message
+        assert "params, flops, latency_ms, energy_uj, size_mb" in message
         for word in words:
             assert word in message
+
+
+def test_relative_budgets_resolve_against_the_input_model():
+    budget = parse_budget("params=0.25x,latency_ms=4")
+    assert budget.relative == ("params",) and budget.spec() == "params=0.25x,latency_ms=4"
+    with pytest.raises(ValueError, match="relative"):
+        budget.limits()
+    resolved = budget.resolve({"params": 1000, "latency_ms": 9.0})
+    assert resolved.limits() == {"params": 250.0, "latency_ms": 4.0}
 
 
 def test_rank_caps_and_schedule():

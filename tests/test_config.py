@@ -35,11 +35,16 @@ def test_bad_values_name_the_field_and_the_allowed_range(changes, field):
         ModelConfig(**changes)
 
 
-def test_rank_limit_is_the_full_tt_rank_of_the_smallest_projection():
-    # d_model=128 in 2 cores is 8 x 16, so the 128 x 128 projection has full bond rank 64.
-    ModelConfig(tt_rank=64, r_max=16)
-    with pytest.raises(ValueError, match=r"\[1, 64\]"):
-        ModelConfig(tt_rank=65, r_max=16)
+def test_rank_limit_is_the_largest_full_tt_rank_of_a_block_projection():
+    # d_model=128 in 2 cores is 8 x 16 and d_ff=512 is 16 x 32; arranged as (16, 8) x
+    # (16, 32), the 128 x 512 projection's bond splits 256 | 256: full rank 256.
+    ModelConfig(tt_rank=256, r_max=16)
+    with pytest.raises(ValueError, match=r"\[1, 256\]"):
+        ModelConfig(tt_rank=257, r_max=16)
+    # A layer clips a larger rank to its own arrangement's full rank: exact, not an error.
+    from qtf_edge.tt import TTLinear, full_ranks
+    layer = TTLinear(128, 128, max_rank=256, n_cores=2)
+    assert layer.ranks == full_ranks(layer.in_modes, layer.out_modes)
 
 
 def test_dict_round_trip_and_unknown_fields():

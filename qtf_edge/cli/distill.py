@@ -6,6 +6,7 @@ import json
 
 import click
 
+from qtf_edge.cli.derived_options import derived_run_options
 from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
 from qtf_edge.distill import DistillOptions, distill_run
@@ -22,8 +23,6 @@ from qtf_edge.kan import GRID_SIZE_RANGE, ORDER_RANGE
                    "[default: shipped train excerpt].")
 @click.option("--calib-tokens", type=click.IntRange(2), default=DEFAULT_CALIBRATION_TOKENS,
               show_default=True, help="Calibration tokens read from --calib.")
-@click.option("--data", type=click.Path(), default=None,
-              help="Validation text for the perplexities [default: shipped valid excerpt].")
 @click.option("--grid", type=click.IntRange(*GRID_SIZE_RANGE), default=16, show_default=True,
               help="B-spline intervals per channel.")
 @click.option("--order", type=click.IntRange(*ORDER_RANGE), default=3, show_default=True,
@@ -36,10 +35,7 @@ from qtf_edge.kan import GRID_SIZE_RANGE, ORDER_RANGE
 @click.option("--finetune-lr", type=click.FloatRange(0, min_open=True),
               default=DistillOptions.finetune_lr,
               show_default=True, help="Peak learning rate of the healing run.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the healing run.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-@click.option("--quiet", is_flag=True, help="No progress output and no table.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@derived_run_options
 @user_errors_exit_2
 def distill(checkpoint, out, calib, calib_tokens, data, grid, order, margin, finetune_steps,
             finetune_lr, seed, overwrite, quiet, as_json):

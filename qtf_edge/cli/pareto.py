@@ -14,6 +14,9 @@ from qtf_edge.runs import TRAIN_STATE_FILE
 from qtf_edge.train.budget import parse_budget
 from qtf_edge.train.state import read_train_state
 
+# What each evaluation in metrics.jsonl records (absolute figures only; no 'x').
+PICK_KEYS = ("params", "latency_ms", "energy_uj")
+
 
 def _row(p: dict) -> list:
     return [p["step"], f"{p['val_perplexity_per_word']:,.1f}", number(p["params"]),
@@ -37,7 +40,8 @@ def pareto(run_dir, out, pick_spec, as_json):
       qtf-edge pareto runs/tiny
       qtf-edge pareto runs/tiny --pick latency_ms=5
     """
-    budget = parse_budget(pick_spec, "--pick") if pick_spec is not None else None
+    budget = (parse_budget(pick_spec, "--pick", keys=PICK_KEYS) if pick_spec is not None
+              else None)
     doc = write_frontier(run_dir, out)
     chosen = None
     if budget is not None:

@@ -10,18 +10,17 @@ A model with nothing simulated (a dense baseline) or already in deploy form is c
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qtf_edge.data import DataError, default_corpus, load_tokenizer, read_corpus
+from qtf_edge.data import load_tokenizer
+from qtf_edge.derived import heal, perplexity, validation_lines, write_derived_run
 from qtf_edge.distill.agreement import compare
 from qtf_edge.distill.calibration import (DEFAULT_CALIBRATION_TOKENS, calibration_windows,
                                           daruan_input_ranges)
 from qtf_edge.distill.deploy import DEFAULT_MARGIN, deploy_model, fit_activations, has_simulation
-from qtf_edge.evaluate import evaluate_text
-from qtf_edge.runs import Run, load_run, save_run
+from qtf_edge.runs import load_run
 
 REPORT_FILE = "distill_report.json"
 DEFAULT_EVAL_TOKENS = 32768  # validation tokens per perplexity; None: the whole text
@@ -62,22 +61,6 @@ class DistillReport:
         return dict(self.__dict__)
 
 
-def _validation_lines(data: str | None) -> list[str]:
-    try:
-        return read_corpus(data if data is not None else default_corpus("valid"))
-    except DataError as error:
-        raise ValueError(f"--data: {error}") from None
-
-
-def _perplexity(model, tokenizer, lines, options: DistillOptions) -> dict:
-    result = evaluate_text(model, tokenizer, lines, batch_size=options.batch_size,
-                           max_tokens=options.eval_tokens)
-    return {"per_token": result.perplexity.perplexity_per_token,
-            "per_word": result.perplexity.perplexity_per_word,
-            "bits_per_byte": result.perplexity.bits_per_byte, "tokens": result.tokens,
-            "routed_fraction": result.routed_fraction}
-
-
 def _layer_row(fitted) -> dict:
     low, high = fitted.observed
     spline_low, spline_high = fitted.spline.value_range()
@@ -95,12 +78,12 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
     start = time.perf_counter()
     run = load_run(checkpoint)
     report = DistillReport(source=str(checkpoint), out=str(out), options=dict(options.__dict__))
-    valid_lines = _validation_lines(options.data)  # a bad --data fails before any work
+    valid_lines = validation_lines(options.data)  # a bad --data fails before any work
     if run.form == "deploy" or not has_simulation(run.model):
         report.copied = ("already in deploy form" if run.form == "deploy" else
                          "no circuits or DARUAN activations to distill (a dense model)")
-        save_run(out, run.model, run.tokenizer_path, command=command, parent=checkpoint,
-                 extra_files={REPORT_FILE: _report_bytes(report)}, overwrite=overwrite)
+        write_derived_run(out, run.model, run, report.to_dict(), REPORT_FILE, command=command,
+                          overwrite=overwrite, healed=False)
         return report
 
     tokenizer = load_tokenizer(run.tokenizer_path)
@@ -117,41 +100,16 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
     report.logits = logits.to_dict()
 
     if options.finetune_steps:
-        deploy = _heal(run, deploy, out, options, overwrite, quiet, command)
+        deploy = heal(run, deploy, out, steps=options.finetune_steps,
+                      learning_rate=options.finetune_lr, calib=options.calib, data=options.data,
+                      seed=options.seed, overwrite=overwrite, quiet=quiet, command=command)
         report.perplexity["healed"] = _perplexity(deploy, tokenizer, valid_lines, options)
-        report.elapsed_s = time.perf_counter() - start
-        _write_report(Path(out), report)
-    else:
-        report.elapsed_s = time.perf_counter() - start
-        save_run(out, deploy, run.tokenizer_path, command=command, parent=checkpoint,
-                 extra_files={REPORT_FILE: _report_bytes(report)}, overwrite=overwrite)
+    report.elapsed_s = time.perf_counter() - start
+    write_derived_run(out, deploy, run, report.to_dict(), REPORT_FILE, command=command,
+                      overwrite=overwrite, healed=bool(options.finetune_steps))
     return report
 
 
-def _heal(run: Run, deploy, out, options: DistillOptions, overwrite: bool, quiet: bool,
-          command: str):
-    """Fine-tune the deploy form on the calibration text into `out` (a train run whose
-    parent is the simulated checkpoint); returns the healed model."""
-    from qtf_edge.train import train_run  # training pulls in much; only healing needs it
-
-    steps = options.finetune_steps
-    start_from = Run(path=run.path, config=deploy.config, model=deploy.train(),
-                     tokenizer_path=run.tokenizer_path, lineage=run.lineage, form="deploy")
-    overrides = {"steps": steps, "learning_rate": options.finetune_lr,
-                 "min_lr": options.finetune_lr / 10, "warmup_steps": max(1, steps // 10),
-                 "eval_every": max(1, steps // 4), "checkpoint_every": steps,
-                 "batch_size": 16, "seed": options.seed, "device": "cpu"}
-    train_run(out, data=options.calib, valid=options.data, init_from=start_from,
-              train_overrides=overrides, overwrite=overwrite, quiet=quiet, command=command)
-    return load_run(out).model
-
-
-def _report_bytes(report: DistillReport) -> bytes:
-    return (json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def _write_report(run_dir: Path, report: DistillReport) -> None:
-    """Beside a healed run (written by training), like metrics.jsonl: not in lineage.json."""
-    from qtf_edge.atomic import write_bytes_atomic
-
-    write_bytes_atomic(run_dir / REPORT_FILE, _report_bytes(report))
+def _perplexity(model, tokenizer, lines, options: DistillOptions) -> dict:
+    return perplexity(model, tokenizer, lines, batch_size=options.batch_size,
+                      max_tokens=options.eval_tokens)

@@ -2,9 +2,10 @@
 
     qtf-edge train --preset tiny --budget params=30k,latency_ms=5,energy_uj=60
 
-Keys: params (parameters), latency_ms and energy_uj (per query of context_length tokens,
-ESTIMATED by the cost model on the --target profile, never measured). Numbers take an
-optional k (x1e3) or M (x1e6) suffix.
+Keys: params (parameters), flops (counted per query of context_length tokens), latency_ms
+and energy_uj (per query, ESTIMATED by the cost model on the --target profile, never
+measured) and size_mb (float32 weights, 4 bytes a parameter). Numbers take an optional
+k (x1e3) or M (x1e6) suffix, or an x to be relative to the input model (params=0.25x).
 
 Policy (what `fit_to_budget` and the training loop do):
 
@@ -35,6 +36,7 @@ Policy (what `fit_to_budget` and the training loop do):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -43,14 +45,15 @@ import torch
 from torch import nn
 
 from qtf_edge.cost import EnergyEstimator, estimate_model_energy
-from qtf_edge.cost.counts import count_params
+from qtf_edge.cost.counts import count_params, model_cost, total
 from qtf_edge.tt import TTLinear
 
-KEYS = ("params", "latency_ms", "energy_uj")
+KEYS = ("params", "flops", "latency_ms", "energy_uj", "size_mb")
+BYTES_PER_PARAM = 4  # size_mb counts float32 weights
 SCHEDULE = (0.25, 0.5, 0.75)  # fractions of the steps at which ranks may be lowered
 RANK_STEP = 0.75              # the shared rank cap shrinks by this factor per try
-_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6}
-_NUMBER = re.compile(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)([kKM]?)")
+_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "x": 1.0}
+_NUMBER = re.compile(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)([kKMx]?)")
 
 
 class BudgetError(ValueError):
@@ -60,47 +63,63 @@ class BudgetError(ValueError):
 @dataclass(frozen=True)
 class Budget:
     params: float | None = None
+    flops: float | None = None
     latency_ms: float | None = None
     energy_uj: float | None = None
+    size_mb: float | None = None
+    relative: tuple[str, ...] = ()  # keys given as a multiple of the input model's figure
 
     def limits(self) -> dict[str, float]:
+        if self.relative:
+            raise ValueError(f"budget {self.spec()} is relative; resolve() it against the "
+                             f"input model's figures first")
         return {k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}
+
+    def resolve(self, reference: dict) -> "Budget":
+        """Relative limits (0.25x) times the reference figures (the input model's)."""
+        scaled = {k: getattr(self, k) * reference[k] for k in self.relative}
+        return dataclasses.replace(self, relative=(), **scaled)
 
     def to_dict(self) -> dict[str, float]:
         return {k: (int(v) if k == "params" else v) for k, v in self.limits().items()}
 
     def __bool__(self) -> bool:
-        return bool(self.limits())
+        return any(getattr(self, k) is not None for k in KEYS)
 
     def spec(self) -> str:
-        return ",".join(f"{k}={format_limit(k, v)}" for k, v in self.limits().items())
+        return ",".join(f"{k}={getattr(self, k):g}x" if k in self.relative
+                        else f"{k}={format_limit(k, getattr(self, k))}"
+                        for k in KEYS if getattr(self, k) is not None)
 
 
-def _allowed() -> str:
-    return f"allowed keys: {', '.join(KEYS)} (numbers with optional k/M suffix)"
+def _allowed(keys=KEYS) -> str:
+    return (f"allowed keys: {', '.join(keys)} (numbers with an optional k/M suffix, or x "
+            f"for a multiple of the input model's figure)")
 
 
-def parse_budget(text: str, flag: str = "--budget") -> Budget:
-    """'params=800k,latency_ms=5' -> Budget; ValueError naming the flag otherwise."""
-    values = {}
+def parse_budget(text: str, flag: str = "--budget", keys: tuple[str, ...] = KEYS) -> Budget:
+    """'params=800k,latency_ms=5' or 'params=0.25x' -> Budget; ValueError naming the flag."""
+    values, relative = {}, []
     for item in (part.strip() for part in str(text).split(",")):
         if not item:
             continue
         key, eq, raw = (s.strip() for s in item.partition("="))
-        if key not in KEYS or not eq:
+        if key not in keys or not eq:
             raise ValueError(f"{flag} {text}: unknown key {key!r} (expected KEY=NUMBER); "
-                             f"{_allowed()}")
+                             f"{_allowed(keys)}")
         match = _NUMBER.fullmatch(raw)
         value = float(match[1]) * _SUFFIXES[match[2]] if match else math.nan
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} {text}: {key}={raw!r} is not a positive number; "
-                             f"{_allowed()}")
+                             f"{_allowed(keys)}")
         if key in values:
-            raise ValueError(f"{flag} {text}: {key} given twice; {_allowed()}")
+            raise ValueError(f"{flag} {text}: {key} given twice; {_allowed(keys)}")
         values[key] = value
+        if match[2] == "x":
+            relative.append(key)
     if not values:
-        raise ValueError(f"{flag} {text!r}: no budget given; {_allowed()}")
-    return Budget(**values)
+        raise ValueError(f"{flag} {text!r}: no budget given; {_allowed(keys)}")
+    return Budget(**values, relative=tuple(relative))
 
 
 def format_limit(key: str, value: float) -> str:
@@ -111,17 +130,23 @@ def describe(key: str, value: float, profile: str | None = None) -> str:
     """A figure in words: '23,456 parameters', '1.23 ms per query (estimated on rpi4)'."""
     if key == "params":
         return f"{int(value):,} parameters"
+    if key == "flops":
+        return f"{value:.4g} FLOPs per query"
+    if key == "size_mb":
+        return f"{value:.4g} MB of float32 weights"
     unit = "ms" if key == "latency_ms" else "uJ"
     where = f" on {profile}" if profile else ""
     return f"{value:.4g} {unit} per query (estimated{where})"
 
 
 def measure(model: nn.Module, profile: str | EnergyEstimator, seq_len: int) -> dict:
-    """{params, latency_ms, energy_uj}: parameters, and the cost model's ESTIMATED latency
-    and energy of one forward pass over seq_len tokens on `profile`."""
+    """Every budget key's figure: parameters, FLOPs, the cost model's ESTIMATED latency and
+    energy of one forward pass over seq_len tokens on `profile`, and float32 size."""
     report = estimate_model_energy(model, profile, seq_len=seq_len)
-    return {"params": count_params(model), "latency_ms": report.per_query.latency_ms,
-            "energy_uj": report.per_query.energy_uj}
+    params = count_params(model)
+    return {"params": params, "flops": total(model_cost(model, seq_len)).flops,
+            "latency_ms": report.per_query.latency_ms, "energy_uj": report.per_query.energy_uj,
+            "size_mb": params * BYTES_PER_PARAM / 1e6}
 
 
 def violations(budget: Budget, figures: dict) -> dict[str, tuple[float, float]]:

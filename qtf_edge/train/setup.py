@@ -33,7 +33,7 @@ from qtf_edge.data import (
 from qtf_edge.model import QTensorFormer
 from qtf_edge.presets import check_arch, preset
 from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, Run, RunError, load_run
-from qtf_edge.train.budget import Budget, check_feasible, parse_budget
+from qtf_edge.train.budget import Budget, check_feasible, measure, parse_budget
 from qtf_edge.train.config import TrainConfig, read_config_file
 from qtf_edge.train.distributed import Ranks
 from qtf_edge.train.optimizer import make_optimizer
@@ -322,6 +322,8 @@ def _session(run_dir, exists, overwrite, model, config, state, settings, tokeniz
     vset = validation_set(valid_ids, valid_lines, end_of_text_id(tokenizer), config.eval_tokens)
     estimate = estimate_on_target(model, config.target)
     budget = parse_budget(config.budget) if config.budget else None
+    if budget and budget.relative:  # 0.5x: of the model as it starts
+        budget = budget.resolve(measure(model, config.target, model.config.context_length))
     if budget:
         check_feasible(budget, model, config.target, model.config.context_length)
     model.to(device).train()

@@ -81,12 +81,19 @@ def resolve_ranks(in_modes, out_modes, ranks=None, max_rank=None) -> tuple[int, 
     return ranks
 
 
-def _interleaved(weight: np.ndarray, in_modes, out_modes) -> np.ndarray:
+def interleaved_tensor(weight: np.ndarray, in_modes, out_modes) -> np.ndarray:
     """(in, out) -> (m_0 n_0, m_1 n_1, ...): the tensor whose plain TT is our TT matrix."""
     K = len(in_modes)
     t = weight.reshape(*in_modes, *out_modes)
     t = t.transpose([axis for k in range(K) for axis in (k, K + k)])
     return t.reshape([m * n for m, n in zip(in_modes, out_modes)])
+
+
+def unfolding_singular_values(tensor: np.ndarray) -> list[np.ndarray]:
+    """Singular values (descending) of each unfolding k = 1 .. K-1 of a K-way tensor: its
+    first k axes against the rest. TT-SVD's error at ranks r_k is bounded by their tails."""
+    return [np.linalg.svd(tensor.reshape(math.prod(tensor.shape[:k]), -1), compute_uv=False)
+            for k in range(1, tensor.ndim)]
 
 
 def ranks_for_tolerance(tensor: np.ndarray, rel_tol: float) -> tuple[int, ...]:
@@ -103,8 +110,7 @@ def ranks_for_tolerance(tensor: np.ndarray, rel_tol: float) -> tuple[int, ...]:
     K = tensor.ndim
     budget = rel_tol * np.linalg.norm(tensor) / math.sqrt(max(K - 1, 1))
     ranks = [1]
-    for k in range(1, K):
-        singular = np.linalg.svd(tensor.reshape(math.prod(tensor.shape[:k]), -1), compute_uv=False)
+    for singular in unfolding_singular_values(tensor):
         # tail[r] = error of the best rank-r approximation (r = 0..len(singular)).
         tail = np.sqrt(np.cumsum((singular**2)[::-1])[::-1])
         tail = np.append(tail, 0.0)
@@ -119,7 +125,7 @@ def tt_svd(weight: torch.Tensor, in_modes, out_modes, max_ranks, rel_tol=None):
     if given. Ranks may come out lower where an unfolding is smaller than asked for.
     """
     dense = weight.detach().to("cpu", torch.float64).numpy()
-    tensor = _interleaved(dense, in_modes, out_modes)
+    tensor = interleaved_tensor(dense, in_modes, out_modes)
     ranks = tuple(max_ranks)
     if rel_tol is not None:
         ranks = tuple(map(min, ranks, ranks_for_tolerance(tensor, rel_tol)))

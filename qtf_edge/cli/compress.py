@@ -1,0 +1,86 @@
+"""`qtf-edge compress RUN --budget ... --target T --out DIR`: TT truncation to a budget."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from qtf_edge.cli.derived_options import derived_run_options
+from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
+from qtf_edge.cli.tables import format_table, number
+from qtf_edge.compress import METHODS
+from qtf_edge.compress.run import CompressOptions, compress_run
+from qtf_edge.train.budget import KEYS
+
+
+@cli.command("compress")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", type=click.Path(), required=True, help="New run folder.")
+@click.option("--budget", required=True, metavar="KEY=N,...",
+              help=f"Limits the output must meet: {', '.join(KEYS)}; absolute (params=500k) "
+                   f"or relative to the input (params=0.25x). Latency and energy are "
+                   f"estimated on --target.")
+@click.option("--target", default=CompressOptions.target, show_default=True,
+              help="Hardware profile for latency and energy (see qtf-edge info).")
+@click.option("--embeddings", is_flag=True,
+              help="Also compress the embedding table (and an untied head).")
+@click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
+              help="Rank allocation: greedy by discarded energy per unit of cost, or one "
+                   "uniform rank cap.")
+@click.option("--heal-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Fine-tune the compressed model this many steps on --calib.")
+@click.option("--heal-lr", type=click.FloatRange(0, min_open=True),
+              default=CompressOptions.heal_lr, show_default=True,
+              help="Peak learning rate of the healing run.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Healing text [default: shipped train excerpt].")
+@derived_run_options
+@user_errors_exit_2
+def compress(checkpoint, out, budget, target, embeddings, method, heal_steps, heal_lr, calib,
+             data, seed, overwrite, quiet, as_json):
+    """Truncate TT ranks (dense layers become TT first) until the model fits a budget.
+
+    Ranks are allocated across layers from each layer's singular-value spectra, so that
+    the least weight energy is discarded for what the budget takes.
+
+    \b
+      qtf-edge compress runs/small-dense --budget params=0.25x --target rpi4 --out runs/small-c4
+      qtf-edge compress runs/tiny-qtf --budget latency_ms=0.2 --target rpi4 --heal-steps 100 --out runs/t
+    """
+    options = CompressOptions(budget=budget, target=target, embeddings=embeddings,
+                              method=method, heal_steps=heal_steps, heal_lr=heal_lr,
+                              calib=calib, data=data, seed=seed)
+    report = compress_run(checkpoint, out, options, overwrite=overwrite,
+                          quiet=quiet or as_json, command=invocation())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    elif not quiet:
+        click.echo(render(report))
+
+
+def _ranks(ranks) -> str:
+    return "dense" if ranks is None else "x".join(map(str, ranks))
+
+
+def render(report: dict) -> str:
+    lines = [f"{report['out']}: {report['source']} compressed to --budget {report['budget']} "
+             f"({report['method']} allocation; latency and energy estimated on "
+             f"{report['profile']})", ""]
+    lines.append(format_table(
+        ["layer", "ranks before", "ranks after", "params before", "params after", "rel. error"],
+        [[r["layer"], _ranks(r["ranks_before"]), _ranks(r["ranks_after"]),
+          number(r["params_before"]), number(r["params_after"]), f"{r['relative_error']:.3f}"]
+         for r in report["layers"]]))
+    before, after = report["before"], report["after"]
+    lines += ["", format_table(
+        ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word"],
+        [["before", number(before["params"]), f"{before['size_mb']:.3f}",
+          number(before["latency_ms"]), number(before["energy_uj"]),
+          number(report["perplexity"]["before"]["per_word"])],
+         ["after", number(after["params"]), f"{after['size_mb']:.3f}",
+          number(after["latency_ms"]), number(after["energy_uj"]),
+          number(report["perplexity"]["truncated"]["per_word"])]]
+        + ([["healed", "", "", "", "", number(report["perplexity"]["healed"]["per_word"])]]
+           if "healed" in report["perplexity"] else []))]
+    return "\n".join(lines)

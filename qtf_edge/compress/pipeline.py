@@ -1,0 +1,205 @@
+"""`compress_model`: the most accurate TT model of a given one that fits a budget on a target.
+
+1. The target config: the same model with its block projections as TT matrices (and,
+   with embeddings=True, its embedding table and head); a model that is already TT
+   keeps its config. Its TT layers are built at their largest ranks.
+2. Every TT layer's spectra are computed once from the source weight: an nn.Linear's,
+   or a TT layer's materialised matrix (re-truncating a TT matrix by TT-SVD of its dense
+   form gives what TT rounding gives, and these matrices fit in memory easily).
+3. Ranks are allocated (allocate.py) against a proxy of the budget: parameters when
+   `params` or `size_mb` is over, else the layers' FLOPs per token. The built model's
+   real figures (cost model on the target profile) are then checked; if one is still
+   over, the proxy target shrinks by the overshoot and allocation continues from there.
+4. Cores come from TT-SVD (tensorly) at the allocated ranks; every other weight is
+   copied. The result's figures are measured again: the budget is met or BudgetError.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from qtf_edge.compress.allocate import (Cost, greedy_allocation, params_cost, total_cost,
+                                        uniform_allocation)
+from qtf_edge.compress.spectra import LayerSpectrum, layer_spectrum
+from qtf_edge.config import ModelConfig, block_rank_limit, embedding_rank_limit
+from qtf_edge.cost.counts import count_params
+from qtf_edge.model import QTensorFormer
+from qtf_edge.train.budget import (BYTES_PER_PARAM, Budget, BudgetError, describe, measure,
+                                   unmet_message, violations)
+from qtf_edge.tt import TTEmbedding, TTLinear, plan_contraction
+from qtf_edge.tt.linear import tt_svd
+
+METHODS = ("greedy", "uniform")
+MAX_REFINEMENTS = 30  # proxy-target tightenings before giving up (each shrinks it >= 2%)
+
+
+@dataclass
+class CompressResult:
+    model: QTensorFormer
+    method: str
+    profile: str
+    limits: dict                    # the budget, resolved to absolute figures
+    before: dict                    # the input model's figures (train.budget.measure)
+    after: dict                     # the compressed model's
+    layers: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+
+def target_config(config: ModelConfig, embeddings: bool) -> ModelConfig:
+    """The config whose TT layers the compressed model has (largest ranks allowed)."""
+    changes = {}
+    if not config.use_tt:
+        changes.update(use_tt=True, tt_rank=block_rank_limit(config))
+    if embeddings and not config.tt_embeddings:
+        changes.update(tt_embeddings=True, tt_embedding_rank=embedding_rank_limit(config))
+    return dataclasses.replace(config, **changes)
+
+
+def _source_module(model: nn.Module, name: str) -> nn.Module:
+    """The module a target TT layer replaces: the one at the same path, or for
+    token_embedding.tt the embedding (its TT matrix, if it is a TTEmbedding)."""
+    if name.endswith("token_embedding.tt"):
+        module = model.get_submodule(name.removesuffix(".tt"))
+        return module.tt if isinstance(module, TTEmbedding) else module
+    return model.get_submodule(name)
+
+
+def _source_weight(module: nn.Module) -> torch.Tensor:
+    """Its (in, out) matrix (an embedding's: vocab x d)."""
+    if isinstance(module, TTLinear):
+        return module.to_dense().detach()
+    if isinstance(module, nn.Embedding):
+        return module.weight.detach()
+    return module.weight.detach().T  # nn.Linear stores (out, in)
+
+
+def _ranks(layer: TTLinear) -> tuple[int, ...]:
+    return tuple(layer.ranks[1:-1])
+
+
+def flops_cost(spectrum: LayerSpectrum, ranks: tuple[int, ...]) -> float:
+    """FLOPs per token of the layer's TT chain at these internal ranks."""
+    return float(plan_contraction(spectrum.in_modes, spectrum.out_modes, (1, *ranks, 1))
+                 .flops_per_token)
+
+
+def _shapes_model(model: QTensorFormer, ranks: dict) -> QTensorFormer:
+    """A copy whose TT layers have empty cores of the allocated shapes: costs depend on
+    shapes only, so the real figures are measured without any TT-SVD."""
+    shadow = copy.deepcopy(model)
+    for name, layer_ranks in ranks.items():
+        layer = shadow.get_submodule(name)
+        bonds = (1, *layer_ranks, 1)
+        layer.cores = nn.ParameterList(
+            nn.Parameter(torch.empty(bonds[k], m, n, bonds[k + 1]), requires_grad=False)
+            for k, (m, n) in enumerate(zip(layer.in_modes, layer.out_modes)))
+    return shadow
+
+
+def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
+                   embeddings: bool = False, method: str = "greedy",
+                   weights: dict[str, float] | None = None) -> CompressResult:
+    """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
+    BudgetError (one line, with the smallest reachable figures) when no ranks fit."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    seq_len = model.config.context_length
+    before = measure(model, profile, seq_len)
+    limits = (budget.resolve(before) if budget.relative else budget).limits()
+    target = QTensorFormer(target_config(model.config, embeddings)).eval()
+    layers = {name: m for name, m in target.named_modules() if isinstance(m, TTLinear)
+              and (embeddings or not name.startswith(("token_embedding", "head")))}
+    originals = {name: _source_module(model, name) for name in layers}
+    sources = {name: _source_weight(module) for name, module in originals.items()}
+    spectra = [layer_spectrum(name, sources[name], layer.in_modes, layer.out_modes)
+               for name, layer in layers.items()]
+    # Ranks never grow: an existing TT layer caps each bond at its current rank, a new
+    # one at the target config's.
+    caps = {name: _ranks(originals[name] if isinstance(originals[name], TTLinear) else layer)
+            for name, layer in layers.items()}
+    start = {s.name: tuple(map(min, s.max_ranks, caps[s.name])) for s in spectra}
+    ranks = _allocate(target, spectra, start, limits, profile, seq_len, method, weights)
+
+    with torch.no_grad():
+        target.load_state_dict(_kept_weights(model, target, layers), strict=False)
+        for name, layer in layers.items():
+            _set_cores(layer, sources[name], ranks[name])
+    after = measure(target, profile, seq_len)
+    missed = violations(Budget(**limits), after)
+    if missed:  # allocation checked the same figures on the shapes; this is a guard
+        raise BudgetError(unmet_message(Budget(**limits), missed, after, profile))
+    rows = [_layer_row(name, originals[name], layers[name], sources[name]) for name in layers]
+    return CompressResult(target, method, profile, limits, before, after, rows)
+
+
+def _allocate(target, spectra, start, limits, profile, seq_len, method, weights) -> dict:
+    """Allocate against a proxy, check the real figures on the shapes, tighten, repeat."""
+    by_params = {"params", "size_mb"}
+    ranks = dict(start)
+    for _ in range(MAX_REFINEMENTS):
+        figures = measure(_shapes_model(target, ranks), profile, seq_len)
+        missed = violations(Budget(**limits), figures)
+        if not missed:
+            return ranks
+        cost: Cost = params_cost if missed.keys() & by_params else flops_cost
+        layer_cost = total_cost(spectra, ranks, cost)
+        if cost is params_cost:
+            allowed = min(limits.get("params", float("inf")),
+                          limits.get("size_mb", float("inf")) * 1e6 / BYTES_PER_PARAM)
+            goal = layer_cost - (figures["params"] - allowed)
+        else:
+            goal = layer_cost * min(limit / figure for figure, limit in missed.values()) * 0.98
+        if method == "greedy":
+            next_ranks = greedy_allocation(spectra, goal, cost, start=ranks, weights=weights)
+        else:
+            next_ranks = uniform_allocation(spectra, goal, cost, start=ranks)
+        if next_ranks == ranks:  # nothing left to lower: every rank is 1
+            break
+        ranks = next_ranks
+    figures = measure(_shapes_model(target, ranks), profile, seq_len)
+    missed = violations(Budget(**limits), figures)
+    if missed:
+        smallest = measure(_shapes_model(target, {s.name: (1,) * len(s.max_ranks)
+                                                   for s in spectra}), profile, seq_len)
+        message = unmet_message(Budget(**limits), missed, smallest, profile)
+        if "params" in missed and not any(n.startswith("token_embedding") for n in start):
+            embedding = count_params(target.token_embedding)
+            message += (f"; the embedding alone has {describe('params', embedding)}: "
+                        f"pass --embeddings to compress it too")
+        raise BudgetError(message)
+    return ranks
+
+
+def _kept_weights(source: nn.Module, target: nn.Module, layers: dict) -> dict:
+    """Every source tensor the target has under the same name and shape, except TT cores
+    that are about to be replaced."""
+    replaced = tuple(f"{name}.cores." for name in layers)
+    target_state = target.state_dict()
+    return {k: v for k, v in source.state_dict().items()
+            if k in target_state and v.shape == target_state[k].shape
+            and not k.startswith(replaced)}
+
+
+def _set_cores(layer: TTLinear, weight: torch.Tensor, ranks: tuple[int, ...]) -> None:
+    factors = tt_svd(weight, layer.in_modes, layer.out_modes, (1, *ranks, 1))
+    like = layer.cores[0]
+    layer.cores = nn.ParameterList(
+        nn.Parameter(torch.from_numpy(f).to(like.device, like.dtype)) for f in factors)
+
+
+@torch.no_grad()
+def _layer_row(name: str, before: nn.Module, layer: TTLinear, weight: torch.Tensor) -> dict:
+    reference = weight.double()
+    error = torch.linalg.norm(layer.to_dense().double() - reference) / torch.linalg.norm(reference)
+    return {"layer": name,
+            "ranks_before": list(_ranks(before)) if isinstance(before, TTLinear) else None,
+            "ranks_after": list(_ranks(layer)),
+            "params_before": count_params(before), "params_after": count_params(layer),
+            "relative_error": float(error)}
