@@ -72,9 +72,11 @@ def frontier_of_run(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]
     return points, non_dominated(points)
 
 
-def plot_png(points: list[dict], frontier: list[dict], title: str) -> bytes:
+def plot_png(points: list[dict], frontier: list[dict], title: str, label_key: str = "step",
+             points_label: str = "evaluations") -> bytes:
     """Perplexity per word against parameters and against estimated energy, frontier
-    highlighted; PNG bytes (matplotlib's Agg backend, no display needed)."""
+    highlighted, each frontier point annotated with its label_key; PNG bytes
+    (matplotlib's Agg backend, no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -84,15 +86,16 @@ def plot_png(points: list[dict], frontier: list[dict], title: str) -> bytes:
                              (figure.add_subplot(1, 2, 2), "energy_uj",
                               "energy per query, uJ (estimated)")):
         axes.scatter([p[key] for p in points], [p["val_perplexity_per_word"] for p in points],
-                     c="0.7", label="evaluations")
+                     c="0.7", label=points_label)
         line = sorted(frontier, key=lambda p: p[key])
         axes.plot([p[key] for p in line], [p["val_perplexity_per_word"] for p in line], "o-",
                   c="C0", label="Pareto frontier")
         for p in frontier:
-            axes.annotate(str(p["step"]), (p[key], p["val_perplexity_per_word"]), fontsize=7,
+            axes.annotate(str(p[label_key]), (p[key], p["val_perplexity_per_word"]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
         axes.set_xlabel(label)
         axes.set_ylabel("validation perplexity per word")
+        axes.set_yscale("log")  # compressed and early points reach many times the best
         axes.legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()

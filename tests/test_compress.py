@@ -186,6 +186,20 @@ def test_cli_prints_the_table_and_json(tmp_path):
         result.stdout)["before"]["params"]
 
 
+def test_sweep_writes_a_run_per_point_and_the_frontier(tmp_path):
+    source = make_run(tmp_path / "dense", dense=True)
+    result = invoke("compress", source, "--sweep", "params=0.4x:0.8x:3", "--target", PROFILE,
+                    "--embeddings", "--out", tmp_path / "sweep", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [p["budget"] for p in doc["points"]] == ["params=0.4x", "params=0.6x", "params=0.8x"]
+    for point in doc["points"]:
+        assert load_run(point["run"]).config.use_tt
+    sizes = [p["params"] for p in doc["points"]]
+    assert sizes == sorted(sizes) and doc["frontier"]
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     source = make_run(tmp_path / "dense", dense=True)
     not_a_run = tmp_path / "empty"
@@ -202,3 +216,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert_one_line_error(invoke("compress", not_a_run, "--out", tmp_path / "o9", "--budget",
                                  "params=0.5x"), "config.json")
     assert not (tmp_path / "o9").exists()
+    for flags, words in ((("--sweep", "params=1M:200k:3"), ["--sweep", "LOW < HIGH"]),
+                         (("--sweep", "params=200k"), ["--sweep", "KEY=LOW:HIGH:COUNT"]),
+                         (("--budget", "params=0.5x", "--sweep", "params=1:2:2"), ["exactly one"]),
+                         ((), ["exactly one"])):
+        assert_one_line_error(invoke("compress", source, "--out", tmp_path / "s", *flags), *words)
+        assert not (tmp_path / "s").exists()

@@ -11,16 +11,21 @@ from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
 from qtf_edge.compress import METHODS
 from qtf_edge.compress.run import CompressOptions, compress_run
+from qtf_edge.compress.sweep import compress_sweep
 from qtf_edge.train.budget import KEYS
 
 
 @cli.command("compress")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", type=click.Path(), required=True, help="New run folder.")
-@click.option("--budget", required=True, metavar="KEY=N,...",
+@click.option("--budget", default=None, metavar="KEY=N,...",
               help=f"Limits the output must meet: {', '.join(KEYS)}; absolute (params=500k) "
                    f"or relative to the input (params=0.25x). Latency and energy are "
                    f"estimated on --target.")
+@click.option("--sweep", default=None, metavar="KEY=LOW:HIGH:COUNT",
+              help="Instead of --budget: one run per budget from LOW to HIGH (e.g. "
+                   "params=200k:1M:5) in --out, with sweep.json and sweep.png (the "
+                   "perplexity / cost frontier).")
 @click.option("--target", default=CompressOptions.target, show_default=True,
               help="Hardware profile for latency and energy (see qtf-edge info).")
 @click.option("--embeddings", is_flag=True,
@@ -37,8 +42,8 @@ from qtf_edge.train.budget import KEYS
               help="Healing text [default: shipped train excerpt].")
 @derived_run_options
 @user_errors_exit_2
-def compress(checkpoint, out, budget, target, embeddings, method, heal_steps, heal_lr, calib,
-             data, seed, overwrite, quiet, as_json):
+def compress(checkpoint, out, budget, sweep, target, embeddings, method, heal_steps, heal_lr,
+             calib, data, seed, overwrite, quiet, as_json):
     """Truncate TT ranks (dense layers become TT first) until the model fits a budget.
 
     Ranks are allocated across layers from each layer's singular-value spectra, so that
@@ -47,16 +52,26 @@ def compress(checkpoint, out, budget, target, embeddings, method, heal_steps, he
     \b
       qtf-edge compress runs/small-dense --budget params=0.25x --target rpi4 --out runs/small-c4
       qtf-edge compress runs/tiny-qtf --budget latency_ms=0.2 --target rpi4 --heal-steps 100 --out runs/t
+      qtf-edge compress runs/small-dense --sweep params=200k:1M:5 --embeddings --out runs/sweep
     """
-    options = CompressOptions(budget=budget, target=target, embeddings=embeddings,
+    if (budget is None) == (sweep is None):
+        raise click.UsageError("give exactly one of --budget and --sweep")
+    options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
                               method=method, heal_steps=heal_steps, heal_lr=heal_lr,
                               calib=calib, data=data, seed=seed)
-    report = compress_run(checkpoint, out, options, overwrite=overwrite,
-                          quiet=quiet or as_json, command=invocation())
+    quiet_run = quiet or as_json
+    if sweep is not None:
+        report = compress_sweep(checkpoint, out, sweep, options, overwrite=overwrite,
+                                quiet=quiet_run, command=invocation())
+        shown = render_sweep
+    else:
+        report = compress_run(checkpoint, out, options, overwrite=overwrite, quiet=quiet_run,
+                              command=invocation())
+        shown = render
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     elif not quiet:
-        click.echo(render(report))
+        click.echo(shown(report))
 
 
 def _ranks(ranks) -> str:
@@ -84,3 +99,14 @@ def render(report: dict) -> str:
         + ([["healed", "", "", "", "", number(report["perplexity"]["healed"]["per_word"])]]
            if "healed" in report["perplexity"] else []))]
     return "\n".join(lines)
+
+
+def render_sweep(doc: dict) -> str:
+    frontier = {p["budget"] for p in doc["frontier"]}
+    rows = [[p["budget"], "-", "-", "-", "-", "unmet: " + p["unmet"].split(": ", 1)[-1]]
+            if "unmet" in p else
+            [p["budget"], number(p["params"]), number(p["latency_ms"]), number(p["energy_uj"]),
+             number(p["val_perplexity_per_word"]), "frontier" if p["budget"] in frontier else ""]
+            for p in doc["points"]]
+    return format_table(["budget", "params", "latency ms (est.)", "energy uJ (est.)",
+                         "ppl/word", ""], rows)
