@@ -12,6 +12,11 @@ from dataclasses import dataclass, fields
 
 MAX_QUBITS = 10  # statevectors of 2**10 amplitudes per token are the practical limit here
 FORMS = ("simulated", "deploy")
+# Every component off: the plain dense GPT. The settings of switched-off components
+# (TT ranks, qubits, ...) are not validated, so a dense model of any width is valid.
+DENSE_SWITCHES = dict(use_tt=False, tt_embeddings=False, adaptive_rank=False,
+                      use_quantum_encoder=False, use_qksam=False, use_router=False,
+                      use_qkan=False, form="simulated")
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,7 @@ class ModelConfig:
 
     def dense_baseline(self) -> "ModelConfig":
         """The dense GPT of the same width, depth, vocabulary and context."""
-        return dataclasses.replace(
-            self, use_tt=False, tt_embeddings=False, adaptive_rank=False,
-            use_quantum_encoder=False, use_qksam=False, use_router=False, use_qkan=False,
-            form="simulated")
+        return dataclasses.replace(self, **DENSE_SWITCHES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -47,6 +47,15 @@ def test_rank_limit_is_the_largest_full_tt_rank_of_a_block_projection():
     assert layer.ranks == full_ranks(layer.in_modes, layer.out_modes)
 
 
+def test_a_dense_config_of_any_width_is_valid():
+    # Switched-off components are not validated: tt_rank 64 exceeds what d_model=8 allows.
+    from qtf_edge.config import DENSE_SWITCHES
+    config = ModelConfig(d_model=8, n_heads=2, d_ff=32, tt_rank=64, **DENSE_SWITCHES)
+    assert config.is_dense
+    with pytest.raises(ValueError, match="tt_rank"):
+        ModelConfig(d_model=8, n_heads=2, d_ff=32, tt_rank=64)
+
+
 def test_dict_round_trip_and_unknown_fields():
     config = ModelConfig(d_model=64, n_heads=2, d_ff=256, tt_rank=8, r_max=8)
     assert ModelConfig.from_dict(config.to_dict()) == config

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from qtf_edge.config import ModelConfig
+from qtf_edge.config import DENSE_SWITCHES, ModelConfig
 from qtf_edge.cost import EnergyEstimator, estimate_model_energy
 from qtf_edge.cost.counts import count_params
 from qtf_edge.data import (
@@ -101,9 +101,9 @@ def resolve_configs(preset_name: str | None, arch: str, config_file, model_overr
     # The model's vocabulary is the REQUESTED tokenizer size, not the size BPE reaches: a
     # requested size such as 8192 factorises well for the TT embedding, and the tokenizer
     # never exceeds it (checked once it is trained), so every id has an embedding row.
-    model_config = ModelConfig.from_dict({**model_kw, "vocab_size": train_config.vocab_size})
-    if check_arch(arch) == "dense":
-        model_config = model_config.dense_baseline()
+    dense = DENSE_SWITCHES if check_arch(arch) == "dense" else {}
+    model_config = ModelConfig.from_dict({**model_kw, "vocab_size": train_config.vocab_size,
+                                          **dense})
     return model_config, train_config
 
 
