@@ -1,5 +1,6 @@
-"""What the passes that derive a run from another (distill, compress) share: validation
-perplexity, healing by a short fine-tuning run, and writing the run with its report.
+"""What the passes that derive a run from another (distill, compress) share: calibration
+windows, validation perplexity, healing by a short fine-tuning run, and writing the run
+with its report.
 
 A derived run is a normal run folder whose lineage names the run it came from. Its
 report (JSON) is hashed into lineage.json when the pass writes the folder itself; after
@@ -14,8 +15,11 @@ from pathlib import Path
 
 from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.data import DataError, default_corpus, read_corpus
-from qtf_edge.evaluate import evaluate_text
+from qtf_edge.evaluate import evaluate_text, token_windows
 from qtf_edge.runs import Run, load_run, save_run
+from qtf_edge.tokens import encode_lines
+
+DEFAULT_CALIBRATION_TOKENS = 16384
 
 
 def validation_lines(data: str | Path | None) -> list[str]:
@@ -24,6 +28,25 @@ def validation_lines(data: str | Path | None) -> list[str]:
         return read_corpus(data if data is not None else default_corpus("valid"))
     except DataError as error:
         raise ValueError(f"--data: {error}") from None
+
+
+def calibration_windows(tokenizer, calib: str | Path | None, n_tokens: int,
+                        context_length: int, flag: str = "--calib") -> list[list[int]]:
+    """The first n_tokens ids of the calibration text (default: the shipped training
+    excerpt), in windows of context_length + 1 ids as evaluation cuts them. ValueError,
+    naming the file, when it is empty, unreadable or shorter than n_tokens."""
+    source = default_corpus("train") if calib is None else Path(calib)
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 2:
+        raise ValueError(f"{flag}-tokens must be an integer >= 2, got {n_tokens!r}")
+    try:
+        lines = read_corpus(source)
+    except DataError as error:
+        raise ValueError(f"{flag}: {error}") from None
+    stream = [t for ids in encode_lines(tokenizer, lines) for t in ids]
+    if len(stream) < n_tokens:
+        raise ValueError(f"{flag} {source}: only {len(stream):,} tokens; expected at least "
+                         f"{n_tokens:,} ({flag}-tokens)")
+    return token_windows(stream[:n_tokens], context_length)
 
 
 def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,
@@ -40,7 +63,9 @@ def heal(source: Run, model, out, *, steps: int, learning_rate: float, calib, da
          seed: int, overwrite: bool, quiet: bool, command: str):
     """Fine-tune `model` (derived from `source`) on the calibration text into the run
     folder `out`, whose lineage names `source` as parent; returns the healed model."""
-    from qtf_edge.train import train_run  # training pulls in much; only healing needs it
+    from qtf_edge.train import (
+        train_run,  # training pulls in much; only healing needs it
+    )
 
     start_from = Run(path=source.path, config=model.config, model=model.train(),
                      tokenizer_path=source.tokenizer_path, lineage=source.lineage,

@@ -145,6 +145,26 @@ def test_a_tt_model_is_re_truncated_and_ranks_never_grow():
     assert result.after["params"] <= 0.8 * result.before["params"]
 
 
+def test_sensitivity_weights_are_positive_and_measured_on_the_loss(monkeypatch):
+    from qtf_edge.compress import pipeline
+    seen = {}
+
+    def spy(model, spectra, sources, ranks, windows, batch_size=8):
+        weights = real(model, spectra, sources, ranks, windows, batch_size)
+        seen.update(weights)
+        return weights
+
+    real = pipeline.layer_sensitivity
+    monkeypatch.setattr(pipeline, "layer_sensitivity", spy)
+    model = tiny_model(dense=True)
+    windows = [torch.randint(0, 512, (33,)).tolist() for _ in range(4)]
+    result = compress_model(model, parse_budget("params=0.7x"), PROFILE, embeddings=True,
+                            calibration=windows)
+    assert result.after["params"] <= 0.7 * result.before["params"]
+    assert set(seen) == {row["layer"] for row in result.layers}
+    assert all(w > 0 for w in seen.values())
+
+
 # ---------------------------------------------------------------------------- run, report, CLI
 
 def test_report_matches_a_recount_from_the_saved_checkpoint(tmp_path):
@@ -217,6 +237,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
                                  "params=0.5x"), "config.json")
     assert not (tmp_path / "o9").exists()
     for flags, words in ((("--sweep", "params=1M:200k:3"), ["--sweep", "LOW < HIGH"]),
+                         (("--budget", "params=0.5x", "--sensitivity", "--method", "uniform"),
+                          ["--sensitivity"]),
                          (("--sweep", "params=200k"), ["--sweep", "KEY=LOW:HIGH:COUNT"]),
                          (("--budget", "params=0.5x", "--sweep", "params=1:2:2"), ["exactly one"]),
                          ((), ["exactly one"])):

@@ -11,6 +11,7 @@ from run_factory import make_run
 
 from qtf_edge.config import ModelConfig
 from qtf_edge.data import default_corpus, load_tokenizer, read_corpus
+from qtf_edge.derived import calibration_windows
 from qtf_edge.distill import (
     REPORT_FILE,
     DistillOptions,
@@ -20,7 +21,6 @@ from qtf_edge.distill import (
     distill_run,
     fit_activations,
 )
-from qtf_edge.distill.calibration import calibration_windows
 from qtf_edge.kan import BSplineActivation
 from qtf_edge.model import QTensorFormer
 from qtf_edge.model.encoder import QuantumTokenEncoder

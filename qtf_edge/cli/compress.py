@@ -33,17 +33,22 @@ from qtf_edge.train.budget import KEYS
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
               help="Rank allocation: greedy by discarded energy per unit of cost, or one "
                    "uniform rank cap.")
+@click.option("--sensitivity", is_flag=True,
+              help="Weigh each layer's discarded energy by the loss increase its truncation "
+                   "causes on --calib (measured per layer; greedy only).")
+@click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
+              show_default=True, help="Calibration tokens read from --calib for --sensitivity.")
 @click.option("--heal-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Fine-tune the compressed model this many steps on --calib.")
 @click.option("--heal-lr", type=click.FloatRange(0, min_open=True),
               default=CompressOptions.heal_lr, show_default=True,
               help="Peak learning rate of the healing run.")
 @click.option("--calib", type=click.Path(), default=None,
-              help="Healing text [default: shipped train excerpt].")
+              help="Calibration and healing text [default: shipped train excerpt].")
 @derived_run_options
 @user_errors_exit_2
-def compress(checkpoint, out, budget, sweep, target, embeddings, method, heal_steps, heal_lr,
-             calib, data, seed, overwrite, quiet, as_json):
+def compress(checkpoint, out, budget, sweep, target, embeddings, method, sensitivity,
+             calib_tokens, heal_steps, heal_lr, calib, data, seed, overwrite, quiet, as_json):
     """Truncate TT ranks (dense layers become TT first) until the model fits a budget.
 
     Ranks are allocated across layers from each layer's singular-value spectra, so that
@@ -57,8 +62,9 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, heal_st
     if (budget is None) == (sweep is None):
         raise click.UsageError("give exactly one of --budget and --sweep")
     options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
-                              method=method, heal_steps=heal_steps, heal_lr=heal_lr,
-                              calib=calib, data=data, seed=seed)
+                              method=method, sensitivity=sensitivity, calib_tokens=calib_tokens,
+                              heal_steps=heal_steps, heal_lr=heal_lr, calib=calib, data=data,
+                              seed=seed)
     quiet_run = quiet or as_json
     if sweep is not None:
         report = compress_sweep(checkpoint, out, sweep, options, overwrite=overwrite,

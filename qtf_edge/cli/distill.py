@@ -9,8 +9,8 @@ import click
 from qtf_edge.cli.derived_options import derived_run_options
 from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
+from qtf_edge.derived import DEFAULT_CALIBRATION_TOKENS
 from qtf_edge.distill import DistillOptions, distill_run
-from qtf_edge.distill.calibration import DEFAULT_CALIBRATION_TOKENS
 from qtf_edge.distill.deploy import DEFAULT_MARGIN
 from qtf_edge.kan import GRID_SIZE_RANGE, ORDER_RANGE
 

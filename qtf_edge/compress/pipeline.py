@@ -6,7 +6,8 @@
 2. Every TT layer's spectra are computed once from the source weight: an nn.Linear's,
    or a TT layer's materialised matrix (re-truncating a TT matrix by TT-SVD of its dense
    form gives what TT rounding gives, and these matrices fit in memory easily).
-3. Ranks are allocated (allocate.py) against a proxy of the budget: parameters when
+3. Ranks are allocated (allocate.py; with calibration text, weighted by each layer's
+   measured sensitivity, sensitivity.py) against a proxy of the budget: parameters when
    `params` or `size_mb` is over, else the layers' FLOPs per token. The built model's
    real figures (cost model on the target profile) are then checked; if one is still
    over, the proxy target shrinks by the overshoot and allocation continues from there.
@@ -25,6 +26,7 @@ from torch import nn
 
 from qtf_edge.compress.allocate import (Cost, greedy_allocation, params_cost, total_cost,
                                         uniform_allocation)
+from qtf_edge.compress.sensitivity import layer_sensitivity
 from qtf_edge.compress.spectra import LayerSpectrum, layer_spectrum
 from qtf_edge.config import ModelConfig, block_rank_limit, embedding_rank_limit
 from qtf_edge.cost.counts import count_params
@@ -32,7 +34,6 @@ from qtf_edge.model import QTensorFormer
 from qtf_edge.train.budget import (BYTES_PER_PARAM, Budget, BudgetError, describe, measure,
                                    unmet_message, violations)
 from qtf_edge.tt import TTEmbedding, TTLinear, plan_contraction
-from qtf_edge.tt.linear import tt_svd
 
 METHODS = ("greedy", "uniform")
 MAX_REFINEMENTS = 30  # proxy-target tightenings before giving up (each shrinks it >= 2%)
@@ -105,8 +106,10 @@ def _shapes_model(model: QTensorFormer, ranks: dict) -> QTensorFormer:
 
 def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
                    embeddings: bool = False, method: str = "greedy",
-                   weights: dict[str, float] | None = None) -> CompressResult:
+                   calibration: list[list[int]] | None = None) -> CompressResult:
     """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
+    calibration: token windows; if given, the greedy allocator weighs each layer's
+    discarded energy by its measured sensitivity (see sensitivity.py).
     BudgetError (one line, with the smallest reachable figures) when no ranks fit."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -125,12 +128,17 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     caps = {name: _ranks(originals[name] if isinstance(originals[name], TTLinear) else layer)
             for name, layer in layers.items()}
     start = {s.name: tuple(map(min, s.max_ranks, caps[s.name])) for s in spectra}
-    ranks = _allocate(target, spectra, start, limits, profile, seq_len, method, weights)
-
     with torch.no_grad():
         target.load_state_dict(_kept_weights(model, target, layers), strict=False)
         for name, layer in layers.items():
-            _set_cores(layer, sources[name], ranks[name])
+            layer.set_from_dense(sources[name], (1, *start[name], 1))
+    weights = None
+    if calibration is not None:
+        weights = layer_sensitivity(target, spectra, sources, start, calibration)
+    ranks = _allocate(target, spectra, start, limits, profile, seq_len, method, weights)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.set_from_dense(sources[name], (1, *ranks[name], 1))
     after = measure(target, profile, seq_len)
     missed = violations(Budget(**limits), after)
     if missed:  # allocation checked the same figures on the shapes; this is a guard
@@ -185,13 +193,6 @@ def _kept_weights(source: nn.Module, target: nn.Module, layers: dict) -> dict:
     return {k: v for k, v in source.state_dict().items()
             if k in target_state and v.shape == target_state[k].shape
             and not k.startswith(replaced)}
-
-
-def _set_cores(layer: TTLinear, weight: torch.Tensor, ranks: tuple[int, ...]) -> None:
-    factors = tt_svd(weight, layer.in_modes, layer.out_modes, (1, *ranks, 1))
-    like = layer.cores[0]
-    layer.cores = nn.ParameterList(
-        nn.Parameter(torch.from_numpy(f).to(like.device, like.dtype)) for f in factors)
 
 
 @torch.no_grad()

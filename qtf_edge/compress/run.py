@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from qtf_edge.compress.pipeline import compress_model
 from qtf_edge.cost import EnergyEstimator
 from qtf_edge.data import load_tokenizer
-from qtf_edge.derived import heal, perplexity, validation_lines, write_derived_run
+from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
+                              write_derived_run)
 from qtf_edge.runs import load_run
 from qtf_edge.train.budget import parse_budget
 
@@ -28,11 +29,13 @@ class CompressOptions:
     target: str = "cpu_xeon"           # hardware profile for latency / energy
     embeddings: bool = False           # also the embedding table (and an untied head)
     method: str = "greedy"             # or "uniform" (one shared rank cap)
+    sensitivity: bool = False          # weigh layers by measured loss sensitivity (greedy)
+    calib_tokens: int = 4096           # calibration tokens for the sensitivities
     heal_steps: int = 0
     # Compression removes far more than distillation, so healing may move further; this
     # is about the presets' learning-rate floor.
     heal_lr: float = 2e-4
-    calib: str | None = None           # healing text (default: shipped train excerpt)
+    calib: str | None = None           # calibration and healing text (default: shipped excerpt)
     data: str | None = None            # validation text (default: shipped valid excerpt)
     eval_tokens: int | None = 32768
     seed: int = 0
@@ -48,8 +51,14 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
     run = load_run(checkpoint)
     valid = validation_lines(options.data)
     tokenizer = load_tokenizer(run.tokenizer_path)
+    windows = None
+    if options.sensitivity:
+        if options.method != "greedy":
+            raise ValueError("--sensitivity weighs the greedy allocator; drop --method uniform")
+        windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
+                                      run.config.context_length)
     result = compress_model(run.model, budget, options.target, embeddings=options.embeddings,
-                            method=options.method)
+                            method=options.method, calibration=windows)
 
     def evaluate(model) -> dict:
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,

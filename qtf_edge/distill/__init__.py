@@ -5,12 +5,22 @@
 """
 
 from qtf_edge.distill.agreement import TIE_TOLERANCE, Agreement, LogitAgreement, compare
-from qtf_edge.distill.calibration import calibration_windows, daruan_input_ranges
-from qtf_edge.distill.deploy import (FittedActivation, deploy_model, fit_activations,
-                                     has_simulation, widened)
-from qtf_edge.distill.pipeline import REPORT_FILE, DistillOptions, DistillReport, distill_run
+from qtf_edge.distill.calibration import daruan_input_ranges
+from qtf_edge.distill.deploy import (
+                                     FittedActivation,
+                                     deploy_model,
+                                     fit_activations,
+                                     has_simulation,
+                                     widened,
+)
+from qtf_edge.distill.pipeline import (
+                                     REPORT_FILE,
+                                     DistillOptions,
+                                     DistillReport,
+                                     distill_run,
+)
 
 __all__ = ["REPORT_FILE", "TIE_TOLERANCE", "Agreement", "DistillOptions", "DistillReport",
-           "FittedActivation", "LogitAgreement", "calibration_windows", "compare",
+           "FittedActivation", "LogitAgreement", "compare",
            "daruan_input_ranges", "deploy_model", "distill_run", "fit_activations",
            "has_simulation", "widened"]

@@ -15,11 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtf_edge.data import load_tokenizer
-from qtf_edge.derived import heal, perplexity, validation_lines, write_derived_run
+from qtf_edge.derived import (
+    DEFAULT_CALIBRATION_TOKENS,
+    calibration_windows,
+    heal,
+    perplexity,
+    validation_lines,
+    write_derived_run,
+)
 from qtf_edge.distill.agreement import compare
-from qtf_edge.distill.calibration import (DEFAULT_CALIBRATION_TOKENS, calibration_windows,
-                                          daruan_input_ranges)
-from qtf_edge.distill.deploy import DEFAULT_MARGIN, deploy_model, fit_activations, has_simulation
+from qtf_edge.distill.calibration import daruan_input_ranges
+from qtf_edge.distill.deploy import (
+    DEFAULT_MARGIN,
+    deploy_model,
+    fit_activations,
+    has_simulation,
+)
 from qtf_edge.runs import load_run
 
 REPORT_FILE = "distill_report.json"

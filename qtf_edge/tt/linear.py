@@ -297,13 +297,19 @@ class TTLinear(nn.Module):
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         dense = self.to_dense()
         max_ranks = tuple(r if max_rank is None else min(r, max_rank) for r in self.ranks)
-        factors = tt_svd(dense, self.in_modes, self.out_modes, max_ranks, rel_tol)
+        self.set_from_dense(dense, max_ranks, rel_tol)
+        error = torch.linalg.norm(self.to_dense() - dense) / torch.linalg.norm(dense)
+        return float(error)
+
+    @torch.no_grad()
+    def set_from_dense(self, weight: torch.Tensor, max_ranks, rel_tol: float | None = None) -> None:
+        """Cores := TT-SVD of weight (in, out) with at most max_ranks (1, r_1, ..., 1) per
+        bond (fewer where rel_tol allows). New Parameters: rebuild any optimizer."""
+        factors = tt_svd(weight, self.in_modes, self.out_modes, max_ranks, rel_tol)
         like = self.cores[0]
         self.cores = nn.ParameterList(
             [nn.Parameter(torch.from_numpy(f).to(like.device, like.dtype)) for f in factors]
         )
-        error = torch.linalg.norm(self.to_dense() - dense) / torch.linalg.norm(dense)
-        return float(error)
 
     def extra_repr(self) -> str:
         return (
