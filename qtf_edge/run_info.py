@@ -12,6 +12,7 @@ from qtf_edge.cost import estimate_model_energy, list_profiles, model_cost, tota
 from qtf_edge.cost.counts import PARTS, compression_ratio, count_params, flops_per_token
 from qtf_edge.cost.energy import EnergyEstimator
 from qtf_edge.runs import Run
+from qtf_edge.tt import TTLinear
 
 __all__ = ["QUERY_TOKENS", "describe_run"]
 
@@ -64,6 +65,9 @@ def describe_run(run: Run, profiles: list[str] | None = None) -> dict:
                   "decode_context": context,
                   "per_query": total(parts).flops, "query_tokens": query},
         "config": config.to_dict(),
+        # The ranks the layers have: below the config's tt_rank after rounding or compress.
+        "tt_ranks": {name: list(m.ranks[1:-1]) for name, m in model.named_modules()
+                     if isinstance(m, TTLinear)},
         "lineage": _lineage_summary(run.lineage),
         "estimates": estimates,
     }

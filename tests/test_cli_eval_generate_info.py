@@ -96,6 +96,10 @@ def test_info_json_parts_sum_to_the_total_and_every_profile_is_estimated(run_dir
         assert estimate["per_decoded_token"]["energy_uj"] > 0
     assert info["compression_ratio"] > 1
     assert info["flops"]["per_query"] > info["flops"]["per_decoded_token"] > 0
+    # The tiny run's ranks as built: tt_rank on the block layers, tt_embedding_rank on the table.
+    config = info["config"]
+    assert info["tt_ranks"]["token_embedding.tt"] == [config["tt_embedding_rank"]]
+    assert info["tt_ranks"]["blocks.0.ffn.up"] == [config["tt_rank"]]
     assert info["lineage"]["command"] == "tests: untrained tiny model"
 
 

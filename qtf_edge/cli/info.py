@@ -17,6 +17,15 @@ SWITCHES = ("use_tt", "tt_embeddings", "adaptive_rank", "use_quantum_encoder", "
             "use_router", "use_qkan")
 
 
+def _ranks_line(ranks: dict) -> str:
+    """Layers grouped by their internal ranks: '16: blocks.0.ffn.up, ...; 356: ...'."""
+    groups: dict[str, list[str]] = {}
+    for name, layer_ranks in ranks.items():
+        groups.setdefault("x".join(map(str, layer_ranks)), []).append(name)
+    return "; ".join(f"{r} ({len(names)} layer{'s' * (len(names) > 1)}: {', '.join(names[:2])}"
+                     f"{', ...' if len(names) > 2 else ''})" for r, names in groups.items())
+
+
 def format_info(info: dict) -> str:
     config, lineage, flops = info["config"], info["lineage"], info["flops"]
     on = [s for s in SWITCHES if config[s]]
@@ -27,6 +36,7 @@ def format_info(info: dict) -> str:
         f"parent       {lineage['parent_path'] or '-'}",
         "config       " + ", ".join(f"{k}={config[k]}" for k in CONFIG_SHOWN),
         "switches on  " + (", ".join(on) if on else "none (dense baseline)"),
+        "TT ranks     " + (_ranks_line(info["tt_ranks"]) or "-"),
         "",
         format_table(["part", "parameters"],
                      [[part, number(n)] for part, n in info["params"].items()]),
