@@ -114,12 +114,12 @@ def main() -> None:
                 for heal in (0, args.heal_steps):
                     name = f"1/{ratio} {method}" + (f" + heal {heal}" if heal else "")
                     print(f"compressing: {name}", flush=True)
-                    report = compress_run(runs["dense"], Path(tmp) / name.replace("/", "_").replace(" ", "-"),
-                                          CompressOptions(budget=f"params={1 / ratio!r}x", target=PROFILE,
-                                                          embeddings=True, method=method,
-                                                          heal_steps=heal, calib=str(data),
-                                                          data=str(valid),
-                                                          eval_tokens=args.eval_tokens))
+                    options = CompressOptions(
+                        budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True,
+                        method=method, heal_steps=heal, calib=str(data), data=str(valid),
+                        eval_tokens=args.eval_tokens)
+                    folder = Path(tmp) / name.replace("/", "_").replace(" ", "-")
+                    report = compress_run(runs["dense"], folder, options)
                     ppl = report["perplexity"]["healed" if heal else "truncated"]["per_word"]
                     rows.append({"model": name, "params": report["after"]["params"],
                                  "latency_ms": report["after"]["latency_ms"], "ppl_word": ppl})

@@ -42,8 +42,7 @@ from torch import nn
 import qtf_edge
 from qtf_edge.atomic import staged_directory, write_bytes_atomic, write_json_atomic
 from qtf_edge.config import FORMS, ModelConfig
-from qtf_edge.tt import TTEmbedding, TTLinear
-from qtf_edge.tt.linear import resolve_ranks
+from qtf_edge.tt import TTLinear
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -62,8 +61,8 @@ PREVIOUS_SUFFIX = ".prev"  # save_checkpoint keeps the last complete file under 
 
 __all__ = [
     "CONFIG_FILE", "LINEAGE_FILE", "METRICS_FILE", "MODEL_FILE", "TOKENIZER_FILE",
-    "TRAIN_STATE_FILE", "Run", "RunError", "append_metrics", "load_run", "read_lineage",
-    "read_metrics", "resize_tt_cores_to", "restore_previous_checkpoint", "save_checkpoint",
+    "TRAIN_STATE_FILE", "Run", "RunError", "append_metrics", "check_new_run_dir", "load_run",
+    "read_lineage", "read_metrics", "resize_tt_cores_to", "restore_previous_checkpoint", "save_checkpoint",
     "save_run", "sha256_file",
 ]
 
@@ -178,6 +177,14 @@ def _now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_new_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
+    """RunError unless run_dir is free (or may be replaced): passes that compute for a
+    while call it first, so that a taken --out fails before the work, not after it."""
+    if Path(run_dir).exists() and not overwrite:
+        raise _fail(Path(run_dir), "already exists; expected a new run folder (choose another "
+                                   "path or pass overwrite)")
+
+
 def save_run(run_dir: str | os.PathLike, model: nn.Module, tokenizer, *, command: str,
              parent: str | os.PathLike | None = None, extra_files: dict | None = None,
              overwrite: bool = False) -> Path:
@@ -199,9 +206,7 @@ def save_run(run_dir: str | os.PathLike, model: nn.Module, tokenizer, *, command
     if not isinstance(command, str) or not command.strip():
         raise ValueError("command must be a non-empty string")
     extras = _check_extra_files(extra_files or {})
-    if run_dir.exists() and not overwrite:
-        raise _fail(run_dir, "already exists; expected a new run folder (choose another "
-                             "path or pass overwrite)")
+    check_new_run_dir(run_dir, overwrite)
     parent_entry = None
     if parent is not None:
         parent_model = Path(parent) / MODEL_FILE
@@ -485,21 +490,10 @@ def resize_tt_cores_to(model: nn.Module, tensors: dict[str, torch.Tensor]) -> li
                 raise ValueError(f"layer {where}: saved cores have shapes {shapes}; "
                                  f"expected {expect}")
         try:
-            resolve_ranks(layer.in_modes, layer.out_modes,
-                          ranks=[s[0] for s in shapes] + [shapes[-1][3]])
+            layer.set_empty_cores([s[0] for s in shapes] + [shapes[-1][3]])
         except ValueError as e:
             raise ValueError(f"layer {where}: saved cores have shapes {shapes}: {e}") from None
-        like = layer.cores[0]
-        layer.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(s, dtype=like.dtype, device=like.device),
-                         requires_grad=like.requires_grad) for s in shapes)
-        layer._plan = None
-        layer._dense, layer._dense_key = None, None
         resized.append(prefix)
-    if resized:
-        for module in model.modules():
-            if isinstance(module, TTEmbedding):
-                module._attend_plan = None
     return resized
 
 

@@ -233,6 +233,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
         assert_one_line_error(invoke("compress", source, "--out", tmp_path / f"o{n}", *flags),
                               *words)
         assert not (tmp_path / f"o{n}").exists()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert_one_line_error(invoke("compress", source, "--out", taken, "--budget", "params=0.5x"),
+                          str(taken), "already exists")
+    assert not any(taken.iterdir())
     assert_one_line_error(invoke("compress", not_a_run, "--out", tmp_path / "o9", "--budget",
                                  "params=0.5x"), "config.json")
     assert not (tmp_path / "o9").exists()

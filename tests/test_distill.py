@@ -306,6 +306,11 @@ def test_bad_input_is_one_line_and_exit_2(trained, tmp_path):
                           "missing")
     for name in "abcde":
         assert not (tmp_path / name).exists()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert_one_line_error(invoke("distill", trained, "--out", taken), str(taken),
+                          "already exists")
+    assert not any(taken.iterdir())
 
 
 def test_config_validates_form_entropy_and_spline_fields():

@@ -35,10 +35,9 @@ def total_cost(spectra: list[LayerSpectrum], ranks: Ranks, cost: Cost) -> float:
     return sum(cost(s, ranks[s.name]) for s in spectra)
 
 
-def full_allocation(spectra: list[LayerSpectrum], caps: Mapping[str, int] | None = None) -> Ranks:
-    """Every bond at its largest rank (at most caps[name], e.g. a config's tt_rank)."""
-    caps = caps or {}
-    return {s.name: tuple(min(r, caps.get(s.name, r)) for r in s.max_ranks) for s in spectra}
+def full_allocation(spectra: list[LayerSpectrum]) -> Ranks:
+    """Every bond at its largest rank."""
+    return {s.name: s.max_ranks for s in spectra}
 
 
 def greedy_allocation(spectra: list[LayerSpectrum], target: float, cost: Cost = params_cost,

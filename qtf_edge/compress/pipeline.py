@@ -96,11 +96,7 @@ def _shapes_model(model: QTensorFormer, ranks: dict) -> QTensorFormer:
     shapes only, so the real figures are measured without any TT-SVD."""
     shadow = copy.deepcopy(model)
     for name, layer_ranks in ranks.items():
-        layer = shadow.get_submodule(name)
-        bonds = (1, *layer_ranks, 1)
-        layer.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(bonds[k], m, n, bonds[k + 1]), requires_grad=False)
-            for k, (m, n) in enumerate(zip(layer.in_modes, layer.out_modes)))
+        shadow.get_submodule(name).set_empty_cores((1, *layer_ranks, 1))
     return shadow
 
 

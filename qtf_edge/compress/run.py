@@ -17,7 +17,7 @@ from qtf_edge.cost import EnergyEstimator
 from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
                               write_derived_run)
-from qtf_edge.runs import load_run
+from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.train.budget import parse_budget
 
 REPORT_FILE = "compress_report.json"
@@ -48,6 +48,7 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
     start = time.perf_counter()
     budget = parse_budget(options.budget)  # bad keys and numbers first, naming --budget
     EnergyEstimator(options.target)  # an unknown --target: ProfileError naming it
+    check_new_run_dir(out, overwrite)  # a taken --out fails before the work
     run = load_run(checkpoint)
     valid = validation_lines(options.data)
     tokenizer = load_tokenizer(run.tokenizer_path)

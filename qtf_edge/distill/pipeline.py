@@ -31,7 +31,7 @@ from qtf_edge.distill.deploy import (
     fit_activations,
     has_simulation,
 )
-from qtf_edge.runs import load_run
+from qtf_edge.runs import check_new_run_dir, load_run
 
 REPORT_FILE = "distill_report.json"
 DEFAULT_EVAL_TOKENS = 32768  # validation tokens per perplexity; None: the whole text
@@ -87,6 +87,7 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
                 command: str = "distill") -> DistillReport:
     """Write the deploy form of `checkpoint` to `out` (see the module docstring)."""
     start = time.perf_counter()
+    check_new_run_dir(out, overwrite)  # a taken --out fails before the work
     run = load_run(checkpoint)
     report = DistillReport(source=str(checkpoint), out=str(out), options=dict(options.__dict__))
     valid_lines = validation_lines(options.data)  # a bad --data fails before any work

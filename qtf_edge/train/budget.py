@@ -172,9 +172,7 @@ def _capped_shape_copy(model: nn.Module) -> tuple[nn.Module, list[TTLinear], lis
 def _set_cap(layers, shapes, cap: int) -> None:
     """Empty cores of the shapes rounding to `cap` gives (each bond min(r, cap))."""
     for layer, original in zip(layers, shapes):
-        layer.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(min(r0, cap), m, n, min(r1, cap)), requires_grad=False)
-            for r0, m, n, r1 in original)
+        layer.set_empty_cores([min(s[0], cap) for s in original] + [1])
 
 
 def figures_at_cap(model: nn.Module, profile, seq_len: int, caps) -> list[tuple[int, dict]]:

@@ -301,6 +301,17 @@ class TTLinear(nn.Module):
         error = torch.linalg.norm(self.to_dense() - dense) / torch.linalg.norm(dense)
         return float(error)
 
+    def set_empty_cores(self, ranks) -> None:
+        """Uninitialised cores with ranks (1, r_1, ..., 1), checked against the full ranks:
+        to load values into next, or to cost a shape without computing one. New
+        Parameters (plans follow the ranks by themselves): rebuild any optimizer."""
+        ranks = resolve_ranks(self.in_modes, self.out_modes, ranks=ranks)
+        like = self.cores[0]
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], dtype=like.dtype,
+                                     device=like.device), requires_grad=like.requires_grad)
+            for k, (m, n) in enumerate(zip(self.in_modes, self.out_modes)))
+
     @torch.no_grad()
     def set_from_dense(self, weight: torch.Tensor, max_ranks, rel_tol: float | None = None) -> None:
         """Cores := TT-SVD of weight (in, out) with at most max_ranks (1, r_1, ..., 1) per
