@@ -10,7 +10,8 @@ Training happens first, for whatever is missing in --train-dir (the dense model 
 smaller baselines); run that part on a GPU with --train-only, then the rest on a CPU:
 
     python benchmarks/compress.py --train-dir runs/compress-bench --device cuda --train-only
-    python benchmarks/compress.py --train-dir runs/compress-bench [--heal-steps 200] [--json PATH]
+    python benchmarks/compress.py --train-dir runs/compress-bench [--heal-steps 200 1000]
+        [--ratios 2 4 8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
 RATIOS = (2, 4, 8)
 PROFILE = "rpi4"
+# (row label, --method, --sensitivity): the default allocator, its unweighted form, and
+# the uniform baseline.
+ALLOCATORS = (("uniform", "uniform", False), ("greedy", "greedy", True),
+              ("greedy, plain energy", "greedy", False))
 
 
 def baseline_width(target_params: int, model_fields: dict, vocab: int) -> int:
@@ -86,7 +91,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--heal-steps", type=int, default=200)
+    parser.add_argument("--heal-steps", type=int, nargs="+", default=[200],
+                        help="healing lengths to measure (besides none)")
+    parser.add_argument("--ratios", type=int, nargs="+", default=list(RATIOS),
+                        help="compression ratios (1/N of the parameters)")
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -109,15 +117,16 @@ def main() -> None:
 
     rows = [{"model": "dense (input)", **figures(source.model)}]
     with tempfile.TemporaryDirectory() as tmp:
-        for ratio in RATIOS:
-            for method in ("uniform", "greedy"):
-                for heal in (0, args.heal_steps):
-                    name = f"1/{ratio} {method}" + (f" + heal {heal}" if heal else "")
+        for ratio in args.ratios:
+            for label, method, sensitivity in ALLOCATORS:
+                for heal in (0, *args.heal_steps):
+                    name = f"1/{ratio} {label}" + (f" + heal {heal}" if heal else "")
                     print(f"compressing: {name}", flush=True)
                     options = CompressOptions(
                         budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True,
-                        method=method, heal_steps=heal, calib=str(data), data=str(valid),
-                        eval_tokens=args.eval_tokens)
+                        method=method, sensitivity=sensitivity, heal_steps=heal,
+                        calib=str(data), data=str(valid), eval_tokens=args.eval_tokens,
+                        device=args.device)
                     folder = Path(tmp) / name.replace("/", "_").replace(" ", "-")
                     report = compress_run(runs["dense"], folder, options)
                     ppl = report["perplexity"]["healed" if heal else "truncated"]["per_word"]

@@ -60,7 +60,7 @@ def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,
 
 
 def heal(source: Run, model, out, *, steps: int, learning_rate: float, calib, data,
-         seed: int, overwrite: bool, quiet: bool, command: str):
+         seed: int, overwrite: bool, quiet: bool, command: str, device: str = "cpu"):
     """Fine-tune `model` (derived from `source`) on the calibration text into the run
     folder `out`, whose lineage names `source` as parent; returns the healed model."""
     from qtf_edge.train import (
@@ -73,7 +73,7 @@ def heal(source: Run, model, out, *, steps: int, learning_rate: float, calib, da
     overrides = {"steps": steps, "learning_rate": learning_rate,
                  "min_lr": learning_rate / 10, "warmup_steps": max(1, steps // 10),
                  "eval_every": max(1, steps // 4), "checkpoint_every": steps,
-                 "batch_size": 16, "seed": seed, "device": "cpu"}
+                 "batch_size": 16, "seed": seed, "device": device}
     train_run(out, data=calib, valid=data, init_from=start_from, train_overrides=overrides,
               overwrite=overwrite, quiet=quiet, command=command)
     return load_run(out).model

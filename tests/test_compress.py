@@ -181,6 +181,12 @@ def test_report_matches_a_recount_from_the_saved_checkpoint(tmp_path):
     assert json.loads((tmp_path / "out" / REPORT_FILE).read_text())["after"] == report["after"]
     assert read_lineage(tmp_path / "out")["parent"]["path"] == str(source.resolve())
     assert set(report["perplexity"]) == {"before", "truncated"}
+    # greedy weighs layers by measured sensitivity unless told not to
+    assert all(row["sensitivity"] > 0 for row in report["layers"])
+    plain = compress_run(source, tmp_path / "plain", CompressOptions(
+        budget="params=0.6x", target=PROFILE, embeddings=True, eval_tokens=512,
+        sensitivity=False))
+    assert not any("sensitivity" in row for row in plain["layers"])
 
 
 def test_healing_fine_tunes_the_compressed_model(tmp_path, monkeypatch):

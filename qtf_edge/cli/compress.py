@@ -33,9 +33,9 @@ from qtf_edge.train.budget import KEYS
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
               help="Rank allocation: greedy by discarded energy per unit of cost, or one "
                    "uniform rank cap.")
-@click.option("--sensitivity", is_flag=True,
+@click.option("--sensitivity/--no-sensitivity", default=None,
               help="Weigh each layer's discarded energy by the loss increase its truncation "
-                   "causes on --calib (measured per layer; greedy only).")
+                   "causes on --calib (measured per layer) [default: on for greedy].")
 @click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
               show_default=True, help="Calibration tokens read from --calib for --sensitivity.")
 @click.option("--heal-steps", type=click.IntRange(0), default=0, show_default=True,
@@ -48,7 +48,8 @@ from qtf_edge.train.budget import KEYS
 @derived_run_options
 @user_errors_exit_2
 def compress(checkpoint, out, budget, sweep, target, embeddings, method, sensitivity,
-             calib_tokens, heal_steps, heal_lr, calib, data, seed, overwrite, quiet, as_json):
+             calib_tokens, heal_steps, heal_lr, calib, data, seed, device, overwrite, quiet,
+             as_json):
     """Truncate TT ranks (dense layers become TT first) until the model fits a budget.
 
     Ranks are allocated across layers from each layer's singular-value spectra, so that
@@ -64,7 +65,7 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, sensiti
     options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
                               method=method, sensitivity=sensitivity, calib_tokens=calib_tokens,
                               heal_steps=heal_steps, heal_lr=heal_lr, calib=calib, data=data,
-                              seed=seed)
+                              seed=seed, device=device)
     quiet_run = quiet or as_json
     if sweep is not None:
         report = compress_sweep(checkpoint, out, sweep, options, overwrite=overwrite,

@@ -38,7 +38,7 @@ from qtf_edge.kan import GRID_SIZE_RANGE, ORDER_RANGE
 @derived_run_options
 @user_errors_exit_2
 def distill(checkpoint, out, calib, calib_tokens, data, grid, order, margin, finetune_steps,
-            finetune_lr, seed, overwrite, quiet, as_json):
+            finetune_lr, seed, device, overwrite, quiet, as_json):
     """Fold circuits into constant matrices and fit B-splines to DARUAN activations.
 
     The result computes without simulating anything: encoders and QKSAM use folded
@@ -51,7 +51,7 @@ def distill(checkpoint, out, calib, calib_tokens, data, grid, order, margin, fin
     """
     options = DistillOptions(calib=calib, calib_tokens=calib_tokens, data=data, grid=grid,
                              order=order, margin=margin, finetune_steps=finetune_steps,
-                             finetune_lr=finetune_lr, seed=seed)
+                             finetune_lr=finetune_lr, seed=seed, device=device)
     report = distill_run(checkpoint, out, options, overwrite=overwrite,
                          quiet=quiet or as_json, command=invocation())
     if as_json:

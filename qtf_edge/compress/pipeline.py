@@ -140,6 +140,8 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     if missed:  # allocation checked the same figures on the shapes; this is a guard
         raise BudgetError(unmet_message(Budget(**limits), missed, after, profile))
     rows = [_layer_row(name, originals[name], layers[name], sources[name]) for name in layers]
+    for row in rows if weights else ():
+        row["sensitivity"] = weights[row["layer"]]
     return CompressResult(target, method, profile, limits, before, after, rows)
 
 

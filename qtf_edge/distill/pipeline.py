@@ -53,6 +53,7 @@ class DistillOptions:
     finetune_lr: float = 5e-5
     seed: int = 0
     batch_size: int = 8
+    device: str = "cpu"                    # where fine-tuning runs (auto, cpu, cuda)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
     if options.finetune_steps:
         deploy = heal(run, deploy, out, steps=options.finetune_steps,
                       learning_rate=options.finetune_lr, calib=options.calib, data=options.data,
-                      seed=options.seed, overwrite=overwrite, quiet=quiet, command=command)
+                      seed=options.seed, overwrite=overwrite, quiet=quiet, command=command,
+                      device=options.device)
         report.perplexity["healed"] = _perplexity(deploy, tokenizer, valid_lines, options)
     report.elapsed_s = time.perf_counter() - start
     write_derived_run(out, deploy, run, report.to_dict(), REPORT_FILE, command=command,
