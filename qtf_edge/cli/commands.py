@@ -4,6 +4,7 @@ from qtf_edge.cli import (  # noqa: F401
     compress,
     distill,
     evaluate,
+    export,
     generate,
     info,
     pareto,

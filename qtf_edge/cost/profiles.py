@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from qtf_edge.resources import data_dir
+from qtf_edge.resources import check_top_level, named_yaml, read_yaml, shipped_names
 
 __all__ = [
     "Figure",
@@ -115,7 +114,7 @@ class HardwareProfile:
 
 def list_profiles() -> list[str]:
     """Names of the shipped profiles (the stems of `profiles/*.yaml`), sorted."""
-    return sorted(p.stem for p in data_dir("profiles").glob("*.yaml"))
+    return shipped_names("profiles")
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -124,35 +123,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     A string is taken as a path when it ends in ``.yaml``/``.yml`` or contains a path
     separator; otherwise it must be one of :func:`list_profiles`.
     """
-    path = _resolve(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ProfileError(f"{path}: malformed YAML{where}: {problem}") from None
-    return _parse(data, path)
-
-
-def _resolve(name_or_path: str | Path) -> Path:
-    if isinstance(name_or_path, Path):
-        return name_or_path
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ProfileError(f"profile must be a name or a path, got {name_or_path!r}")
-    s = name_or_path
-    if s.endswith((".yaml", ".yml")) or "/" in s or "\\" in s:
-        return Path(s)
-    known = list_profiles()
-    if s not in known:
-        raise ProfileError(f"unknown hardware profile {s!r}; known profiles: {', '.join(known)}")
-    return data_dir("profiles") / f"{s}.yaml"
+    path = named_yaml(name_or_path, "profiles", ProfileError, "hardware profile", "profiles")
+    return _parse(read_yaml(path, ProfileError), path)
 
 
 def _fail(path: Path, field_name: str, msg: str) -> ProfileError:
@@ -194,14 +166,7 @@ def _parse_figure(raw: Any, path: Path, key: str, units: Mapping[str, float] | N
 
 
 def _parse(data: Any, path: Path) -> HardwareProfile:
-    if not isinstance(data, dict):
-        raise _fail(path, "(top level)", f"must be a mapping, got {type(data).__name__}")
-    for key in _TOP_LEVEL_REQUIRED:
-        if key not in data:
-            raise _fail(path, key, "is missing")
-    extra = sorted(set(data) - set(_TOP_LEVEL_REQUIRED) - set(_TOP_LEVEL_OPTIONAL), key=str)
-    if extra:
-        raise _fail(path, str(extra[0]), "is not a known field")
+    check_top_level(data, path, _TOP_LEVEL_REQUIRED, _TOP_LEVEL_OPTIONAL, _fail)
     for key in ("name", "description"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise _fail(path, key, f"must be a non-empty string, got {data[key]!r}")

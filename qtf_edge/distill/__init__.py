@@ -17,10 +17,11 @@ from qtf_edge.distill.pipeline import (
                                      REPORT_FILE,
                                      DistillOptions,
                                      DistillReport,
+                                     distill_model,
                                      distill_run,
 )
 
 __all__ = ["REPORT_FILE", "TIE_TOLERANCE", "Agreement", "DistillOptions", "DistillReport",
            "FittedActivation", "LogitAgreement", "compare",
-           "daruan_input_ranges", "deploy_model", "distill_run", "fit_activations",
+           "daruan_input_ranges", "deploy_model", "distill_model", "distill_run", "fit_activations",
            "has_simulation", "widened"]

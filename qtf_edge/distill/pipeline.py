@@ -102,9 +102,7 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
     tokenizer = load_tokenizer(run.tokenizer_path)
     windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
                                   run.config.context_length)
-    ranges = daruan_input_ranges(run.model, windows, options.batch_size)
-    fitted = fit_activations(run.model, ranges, options.grid, options.order, options.margin)
-    deploy = deploy_model(run.model, fitted, options.grid, options.order)
+    deploy, fitted = distill_model(run.model, windows, options)
     report.layers = [_layer_row(f) for f in fitted]
     report.perplexity["original"] = _perplexity(run.model, tokenizer, valid_lines, options)
     report.perplexity["deploy"] = _perplexity(deploy, tokenizer, valid_lines, options)
@@ -122,6 +120,13 @@ def distill_run(checkpoint: str | Path, out: str | Path, options: DistillOptions
     write_derived_run(out, deploy, run, report.to_dict(), REPORT_FILE, command=command,
                       overwrite=overwrite, healed=bool(options.finetune_steps))
     return report
+
+
+def distill_model(model, windows: list[list[int]], options: DistillOptions = DistillOptions()):
+    """(deploy form, fitted activations) of a simulated model, calibrated on `windows`."""
+    ranges = daruan_input_ranges(model, windows, options.batch_size)
+    fitted = fit_activations(model, ranges, options.grid, options.order, options.margin)
+    return deploy_model(model, fitted, options.grid, options.order), fitted
 
 
 def _perplexity(model, tokenizer, lines, options: DistillOptions) -> dict:

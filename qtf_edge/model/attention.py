@@ -56,7 +56,7 @@ class CausalSelfAttention(nn.Module):
             fused_causal = n_total == T  # no cached prefix: SDPA's own causal flag is exact
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=p_drop,
-                is_causal=fused_causal and T > 1)
+                is_causal=bool(fused_causal and T > 1))  # bool: an exporter's symbolic T
         if self.qksam is not None:
             weights = self.qksam.attention(query_states, key_states, mask)
             y_quantum = F.dropout(weights, p_drop, self.training) @ v

@@ -263,11 +263,12 @@ def _step_matmul(core_matrix: torch.Tensor, state: torch.Tensor, step: Contracti
 
 
 def tt_matmul(x: torch.Tensor, cores, plan: ContractionPlan, bond_mask: torch.Tensor | None = None,
-              dense_weight=None):
+              dense_weight=None, allow_dense: bool = True):
     """y = x @ tt_to_dense(cores), optionally with per-token bond masks.
 
     dense_weight: optional callable returning W (e.g. a layer's cached copy), used where
         the plan takes the materialise-then-GEMM path; by default W is built here.
+    allow_dense: False runs the chain even where the plan would materialise W.
 
     x: (..., in_features); cores: K tensors (r_k, m_k, n_k, r_{k+1}) matching `plan`.
     bond_mask: None or (..., R) with R >= every internal rank. Token t then uses the TT
@@ -280,7 +281,7 @@ def tt_matmul(x: torch.Tensor, cores, plan: ContractionPlan, bond_mask: torch.Te
     if x.shape[-1] != plan.in_features:
         raise ValueError(f"x must have last dimension {plan.in_features}, got {x.shape[-1]}")
     tokens = prod(lead)
-    if bond_mask is None and plan.uses_dense(tokens):
+    if bond_mask is None and allow_dense and plan.uses_dense(tokens):
         weight = tt_to_dense(cores) if dense_weight is None else dense_weight()
         dense = x.reshape(tokens, plan.in_features) @ weight
         return dense.reshape(*lead, plan.out_features)

@@ -108,7 +108,8 @@ class TTEmbedding(nn.Module):
             r_k, _, n_k, r_next = core.shape
             # (T, r_k, n_k r_{k+1}); the gather copies only T core slices, never the table.
             slices = core.transpose(0, 1)[digit].reshape(-1, r_k, n_k * r_next)
-            row = torch.bmm(row.reshape(len(digit), -1, r_k), slices)
+            # shape[0], not len(): an exporter's symbolic token count must stay symbolic.
+            row = torch.bmm(row.reshape(digit.shape[0], -1, r_k), slices)
         return row.reshape(*ids.shape, self.embedding_dim)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:

@@ -184,6 +184,10 @@ class TTLinear(nn.Module):
         # between calls instead of rebuilding it (only without autograd; see dense_weight).
         self.cache_dense = True
         self._dense_cache = ParameterCache()
+        # How an unmasked call runs: "auto" (the plan's choice by token count), "tt" (always
+        # the chain) or "dense" (always x @ W). Export fixes it per layer (export/lowering.py):
+        # an exported graph cannot switch paths on the token count at run time.
+        self.lowering = "auto"
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None) -> None:
@@ -272,14 +276,23 @@ class TTLinear(nn.Module):
         """x (..., in_features) -> (..., out_features); bond_mask (..., R) scales bond
         channels per token (see `tt_matmul`)."""
         cores = list(self.cores)
-        y = tt_matmul(x, cores, self._plan_for(cores), bond_mask, dense_weight=self.dense_weight)
+        if self.lowering == "dense" and bond_mask is None:
+            y = x @ self.dense_weight()
+        else:
+            y = tt_matmul(x, cores, self._plan_for(cores), bond_mask,
+                          dense_weight=self.dense_weight, allow_dense=self.lowering != "tt")
         return y if self.bias is None else y + self.bias
 
     def flops(self, n_tokens: int) -> int:
         """FLOPs of the unmasked x @ W over n_tokens (2 per multiply-add), from the plan.
 
         Excludes the bias add (n_tokens * out_features), as the usual 2*in*out count does.
+        A fixed lowering counts its own path (W itself is then a constant, built once).
         """
+        if self.lowering == "dense":
+            return 2 * n_tokens * self.in_features * self.out_features
+        if self.lowering == "tt":
+            return n_tokens * self.plan.flops_per_token
         return self.plan.flops(n_tokens)
 
     @torch.no_grad()

@@ -1,0 +1,145 @@
+"""Export a model as two ONNX graphs with tensor KV caches: prefill.onnx and decode.onnx.
+
+    info = export_onnx(model, "out/")  # {"prefill": {...}, "decode": {...}}
+
+Steps per graph: torch.onnx.export(dynamo=True) of the wrapper in graphs.py with dynamic
+batch, sequence and past_sequence axes; onnxslim (constant folding, fusions); the ONNX
+checker; an atomic write with the weights inside the .onnx file (no external data: these
+models are small, and one file per graph is what a bundle ships).
+
+Only what an exporter can express may be exported: a QTF model must be in its deploy form
+(folded circuits, B-spline activations, Jacobi eigenvalues; made by `qtf-edge distill`).
+Dense and TT-only models have nothing simulated and export as they are.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import onnxslim
+import torch
+
+from qtf_edge.atomic import write_bytes_atomic
+from qtf_edge.distill.deploy import has_simulation
+from qtf_edge.export.graphs import DecodeGraph, PrefillGraph, input_names, output_names
+
+PROTOBUF_LIMIT = 2**31  # bytes: one ModelProto cannot be serialised beyond 2 GB
+# Example sizes to trace with. Distinct values, all > 1: a size of 1, or two inputs sharing
+# a size, could be specialised or unified by the tracer; the graphs are dynamic in all.
+EXAMPLE_BATCH, EXAMPLE_PAST, EXAMPLE_NEW = 2, 5, 3
+# Dynamic axes by name; the exporter makes each a Dim.DYNAMIC and names the ONNX dim after it.
+BATCH, SEQUENCE, PAST_SEQUENCE = "batch", "sequence", "past_sequence"
+
+
+def check_exportable(model: torch.nn.Module) -> None:
+    """ValueError unless the model can be traced: nothing left to simulate, small enough."""
+    if has_simulation(model):
+        raise ValueError("the model is in its simulated form (circuits, DARUAN activations); "
+                         "expected the deploy form: run `qtf-edge distill` first")
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size >= PROTOBUF_LIMIT:
+        raise ValueError(f"the model's weights take {size / 2**30:.2f} GiB; expected under "
+                         f"2 GiB, the most one .onnx file can hold")
+    if model.config.context_length < EXAMPLE_PAST + EXAMPLE_NEW:
+        raise ValueError(f"context_length={model.config.context_length} is too short to "
+                         f"export; expected at least {EXAMPLE_PAST + EXAMPLE_NEW}")
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence what the exporter prints, warns and logs (axis renames, missing torchvision
+    ops, deprecations): the CLI reports what matters itself; errors still raise."""
+    loggers = [logging.getLogger(name)
+               for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO())):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _to_onnx(graph: torch.nn.Module, args: tuple, dynamic_shapes: dict, inputs: list[str],
+             outputs: list[str], opset: int, cache_length: str) -> onnx.ModelProto:
+    with quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
+                                    output_names=outputs, dynamic_shapes=dynamic_shapes,
+                                    opset_version=opset, verbose=False, report=False)
+        model = onnxslim.slim(program.model_proto)
+    # The exporter names each present's length after its own sum, in either order
+    # ("sequence + past_sequence" in one layer, "past_sequence + sequence" in the next);
+    # one label for all reads as the contract does.
+    for output in model.graph.output[1:]:
+        output.type.tensor_type.shape.dim[2].dim_param = cache_length
+    return model
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def graph_info(model: onnx.ModelProto, file: str) -> dict:
+    """What a graph looks like: I/O names and shapes (symbolic dims as strings), ops."""
+    graph = model.graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {"file": file, "opset": opset, "nodes": len(graph.node),
+            "inputs": {v.name: _dims(v) for v in graph.input},
+            "outputs": {v.name: _dims(v) for v in graph.output},
+            "op_types": dict(sorted(ops.items()))}
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> int:
+    """Check the graph and write it atomically, weights inside; returns its size in bytes."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        raise ValueError(f"{path.name} would be {model.ByteSize() / 2**30:.2f} GiB; expected "
+                         f"under 2 GiB, the most one .onnx file can hold")
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18) -> dict:
+    """Write out_dir/prefill.onnx and out_dir/decode.onnx; returns {"prefill": info,
+    "decode": info}, info as `graph_info` gives it plus "bytes".
+
+    The model is put in eval mode. ValueError for a simulated-form QTF model, weights of
+    2 GB or more, or a context too short to trace.
+    """
+    check_exportable(model)
+    model.eval()
+    config, out_dir = model.config, Path(out_dir)
+    batch = {0: BATCH}
+    generator = torch.Generator().manual_seed(0)  # leaves the caller's random state alone
+    past_ids, new_ids = (torch.randint(0, config.vocab_size, (EXAMPLE_BATCH, length),
+                                       generator=generator)
+                         for length in (EXAMPLE_PAST, EXAMPLE_NEW))
+    with torch.no_grad():  # decode's example cache: a real one, as prefill makes it
+        pasts = PrefillGraph(model)(past_ids)[1:]
+    graphs = {
+        "prefill": _to_onnx(PrefillGraph(model), (past_ids,),
+                            {"input_ids": {**batch, 1: SEQUENCE}},
+                            input_names(config, decode=False), output_names(config), opset,
+                            SEQUENCE),
+        "decode": _to_onnx(DecodeGraph(model), (new_ids, *pasts),
+                           {"input_ids": {**batch, 1: SEQUENCE},
+                            "pasts": tuple({**batch, 2: PAST_SEQUENCE} for _ in pasts)},
+                           input_names(config, decode=True), output_names(config), opset,
+                           f"{PAST_SEQUENCE} + {SEQUENCE}"),
+    }
+    info = {}
+    for name, graph in graphs.items():
+        file = f"{name}.onnx"
+        info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file)}
+    return info

@@ -1,0 +1,82 @@
+"""Dynamic int8 quantisation of an ONNX graph (ONNX Runtime's quantize_dynamic).
+
+Weights of MatMul and Gemm become int8, one scale per output channel; activations stay
+float32 and are quantised on the fly at each call, so no calibration data is needed
+(ONNX Runtime recommends this mode for transformers). Quantised are the ops whose second
+input is a constant 2-D matrix: every dense projection and LM head, and a TT layer
+wherever the exporter folded its cores into W. Left in float: a batched (3-D) constant,
+whose per-channel zero points ONNX Runtime's MatMulInteger rejects at run time, and TT
+chains, whose constant cores are the first input (and are tiny).
+
+No quant_pre_process: on these graphs (already shape-inferred and simplified by the
+export) it quantised no more ops and only added a few nodes and bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from qtf_edge.atomic import write_bytes_atomic
+
+QUANTIZED_OPS = ["MatMul", "Gemm"]
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> dict:
+    """Write the int8 form of the graph `src` to `dst` (atomically, weights inside).
+
+    Returns {"file", "source_bytes", "bytes", "ratio" (bytes / source_bytes), "nodes",
+    "op_types"}. ValueError if there is no file at `src`.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ValueError(f"no ONNX graph at {src}; expected a .onnx file (run the export first)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    source = onnx.load(src)
+    # The quantiser writes to a path: a temporary one beside dst, then one atomic write.
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as tmp:
+        quantized = Path(tmp) / "int8.onnx"
+        with _quiet_quantizer():
+            quantize_dynamic(source, quantized, op_types_to_quantize=QUANTIZED_OPS,
+                             per_channel=True, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=batched_weight_nodes(source))
+        model = onnx.load(quantized)
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    write_bytes_atomic(dst, data)
+    source_bytes = src.stat().st_size
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    return {"file": dst.name, "source_bytes": source_bytes, "bytes": len(data),
+            "ratio": len(data) / source_bytes, "nodes": len(model.graph.node),
+            "op_types": dict(sorted(ops.items()))}
+
+
+def batched_weight_nodes(model: onnx.ModelProto) -> list[str]:
+    """MatMul/Gemm nodes whose second input is a constant of more than two dims."""
+    ndim = {t.name: len(t.dims) for t in model.graph.initializer}
+    return [node.name for node in model.graph.node
+            if node.op_type in QUANTIZED_OPS and ndim.get(node.input[1], 2) > 2]
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Hold back the quantiser's INFO/WARNING lines, which go to the root logger. The
+    NullHandler also keeps logging.warning() from installing a stderr handler for good."""
+    root, null = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    root.addHandler(null)
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(null)
+        root.setLevel(level)

@@ -1,0 +1,186 @@
+"""`export_run`: a run folder in, a self-checking bundle out, driven by a target's recipe.
+
+The recipe (export/<target>.yaml) names the passes in order. Each torch pass is a function
+from model to model, reported by the model's figures before and after on the target's
+profile (params, FLOPs, estimated latency) and the largest logit change it caused on the
+calibration windows:
+
+    deploy_form   fold circuits and fit splines (distill) when the checkpoint simulates
+                  anything; refused unless asked (--distill), as distillation is a
+                  quality decision the user should see
+    lower_tt      per TT layer, keep the chain or materialise W (lowering.py)
+
+then the artifact passes: onnx (prefill + decode graphs), onnx_int8 (dynamic int8),
+validate (each artifact against torch on validation text, --data; thresholds from the
+recipe),
+bundle (staged beside --out, renamed into place only when every pass succeeded).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from qtf_edge.data import default_corpus, load_tokenizer
+from qtf_edge.derived import calibration_windows
+from qtf_edge.distill import distill_model, has_simulation
+from qtf_edge.evaluate import window_batches
+from qtf_edge.export.bundle import check_bundle_out, graph_io, write_bundle
+from qtf_edge.export.lowering import choose_lowering
+from qtf_edge.export.onnx_graphs import export_onnx
+from qtf_edge.export.onnx_int8 import quantize_dynamic_int8
+from qtf_edge.export.recipes import load_recipe
+from qtf_edge.export.validate import check_thresholds, validate_graphs
+from qtf_edge.runs import load_run
+from qtf_edge.train.budget import measure
+
+IMPLEMENTED_PASSES = ("deploy_form", "lower_tt", "onnx", "onnx_int8", "validate", "bundle")
+COMPARED_WINDOWS = 8  # calibration windows a torch pass's logit change is measured on
+REPORT_KEY = "export"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: str = "cpu"                # a recipe name (export/*.yaml) or a recipe file
+    distill: bool = False              # run the deploy-form pass on a simulated checkpoint
+    calib: str | None = None           # distillation text (default: shipped train excerpt)
+    calib_tokens: int = 4096
+    data: str | None = None            # validation text (default: shipped valid excerpt)
+    eval_tokens: int = 8192            # validation tokens each artifact is scored on
+    decode_windows: int = 4            # windows the decode graph is validated on
+    decode_steps: int = 32             # decode calls per window
+    max_size_mb: float | None = None   # weight bytes the TT lowering may grow the model to
+    # Time both TT lowerings in torch on this machine instead of estimating them; None: only
+    # for the cpu target, the one whose device class is the exporting machine.
+    measure_lowering: bool | None = None
+    threads: int = 1                   # onnxruntime threads for validation here
+    force: bool = False                # replace an existing bundle
+
+
+def _check_implemented(recipe) -> None:
+    missing = [p for p in recipe.passes if p not in IMPLEMENTED_PASSES]
+    if missing:
+        raise ValueError(f"target {recipe.name}: passes {', '.join(missing)} are not implemented "
+                         f"in this version (it writes ONNX bundles: targets cpu, rpi)")
+
+
+def _logits(model, windows) -> list[torch.Tensor]:
+    """Per batch (the last window may be shorter than the rest)."""
+    with torch.inference_mode():
+        return [model(batch[:, :-1]) for batch in window_batches(windows, 8, "cpu")]
+
+
+def _torch_pass(name: str, model, step: Callable, windows, profile: str, seq_len: int):
+    """Run `step(model) -> (model, details)`; return the new model and the pass's row."""
+    start = time.perf_counter()
+    before, reference = measure(model, profile, seq_len), _logits(model, windows)
+    model, details = step(model)
+    change = max((new - old).abs().max().item()
+                 for new, old in zip(_logits(model, windows), reference))
+    return model, {"pass": name, "before": before, "after": measure(model, profile, seq_len),
+                   "max_logit_change": change, "details": details,
+                   "seconds": time.perf_counter() - start}
+
+
+def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
+               progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Export `checkpoint` to the bundle folder `out`; returns the report (also in the
+    bundle's manifest under extra.export). ValueError (one line) for bad input, a pass the
+    recipe asks for that this version lacks, or an artifact that fails validation."""
+    recipe = load_recipe(options.target)
+    _check_implemented(recipe)
+    check_bundle_out(out, options.force)  # before any work
+    run = load_run(checkpoint)
+    model = run.model.eval()
+    seq_len = model.config.context_length
+    tokenizer = load_tokenizer(run.tokenizer_path)
+    windows = calibration_windows(tokenizer, options.data or default_corpus("valid"),
+                                  options.eval_tokens, seq_len, flag="--data")
+    compared = windows[:COMPARED_WINDOWS]
+    if has_simulation(model) and not options.distill:
+        raise ValueError(f"{checkpoint}: the model is in its simulated form (circuits, DARUAN "
+                         f"activations); pass --distill to fold it here, or run `qtf-edge "
+                         f"distill` first")
+    report = {"target": recipe.name, "recipe": str(recipe.path), "source": str(checkpoint),
+              "out": str(out), "options": asdict(options), "passes": []}
+
+    def deploy_form(m):
+        if not has_simulation(m):
+            return m, {"distilled": False}
+        calib = calibration_windows(tokenizer, options.calib, options.calib_tokens, seq_len)
+        deployed, fitted = distill_model(m, calib)
+        return deployed.eval(), {"distilled": True, "activations": len(fitted),
+                                 "max_fit_error": max((f.error.worst_max for f in fitted),
+                                                      default=0.0)}
+
+    def lower_tt(m):
+        measured = (recipe.name == "cpu" if options.measure_lowering is None
+                    else options.measure_lowering)
+        max_bytes = None if options.max_size_mb is None else options.max_size_mb * 1e6
+        return m, {"layers": choose_lowering(m, recipe.profile, measure=measured,
+                                             max_bytes=max_bytes)}
+
+    torch_steps = {"deploy_form": deploy_form, "lower_tt": lower_tt}
+    with tempfile.TemporaryDirectory(prefix="qtf-edge-export-") as tmp:
+        stage, files, validation = Path(tmp), {}, {}
+        for name in recipe.passes:
+            if name == "bundle":  # last, by the recipe rules: written below
+                continue
+            progress(f"pass {name}")
+            start = time.perf_counter()
+            if name in torch_steps:
+                model, row = _torch_pass(name, model, torch_steps[name], compared,
+                                         recipe.profile, seq_len)
+            elif name == "onnx":
+                row = {"pass": name, "graphs": export_onnx(model, stage, opset=recipe.opset)}
+                files.update({"prefill.onnx": stage / "prefill.onnx",
+                              "decode.onnx": stage / "decode.onnx"})
+            elif name == "onnx_int8":
+                row = {"pass": name, "graphs": {
+                    graph: quantize_dynamic_int8(stage / f"{graph}.onnx",
+                                                 stage / f"{graph}_int8.onnx")
+                    for graph in ("prefill", "decode")}}
+                files.update({f"{g}_int8.onnx": stage / f"{g}_int8.onnx"
+                              for g in ("prefill", "decode")})
+            elif name == "validate":
+                validation = _validate(model, stage, files, windows, recipe, options)
+                row = {"pass": name, "results": validation}
+            else:
+                raise AssertionError(f"unhandled pass {name}")  # _check_implemented's list
+            row.setdefault("seconds", time.perf_counter() - start)
+            report["passes"].append(row)
+        files.update({"tokenizer.json": run.tokenizer_path,
+                      "config.json": Path(checkpoint) / "config.json"})
+        graphs = {Path(f).stem: {"file": f, **graph_io(path)} for f, path in files.items()
+                  if f.endswith(".onnx")}
+        progress("pass bundle")
+        write_bundle(out, files, {
+            "target": recipe.name, "runtime": recipe.runtime, "graphs": graphs,
+            "context_length": seq_len, "vocab_size": model.config.vocab_size,
+            "source": str(checkpoint), "validation": validation, "recipe": recipe.name,
+            "generation": {"threads": recipe.threads}, "extra": {REPORT_KEY: report}},
+            force=options.force)
+    return report
+
+
+def _validate(model, stage: Path, files: dict, windows, recipe, options) -> dict:
+    """Every artifact against torch; ValidationError (with the numbers) on a miss."""
+    def graphs(suffix):
+        return (stage / f"prefill{suffix}.onnx", stage / f"decode{suffix}.onnx")
+
+    kwargs = {"threads": options.threads, "decode_windows": options.decode_windows,
+              "decode_steps": options.decode_steps}
+    results = {"float": validate_graphs(model, *graphs(""), windows, **kwargs)}
+    check_thresholds(results["float"], "float",
+                     top1=recipe.validation.float_top1_agreement)
+    if "prefill_int8.onnx" in files:
+        results["int8"] = validate_graphs(model, *graphs("_int8"), windows,
+                                          reference=results["float"], **kwargs)
+        check_thresholds(results["int8"], "int8",
+                         perplexity_ratio=recipe.validation.int8_perplexity_ratio)
+    return results

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Run a qtf-edge bundle on the device: verify it, then generate text with ONNX Runtime.
+
+    pip install numpy onnxruntime tokenizers
+    python3 run.py BUNDLE --prompt "The castle was"
+
+This file is copied into every bundle and is all the device needs besides numpy,
+onnxruntime and tokenizers: it never imports torch or qtf_edge. It is also the single
+implementation of bundle verification (`verify_bundle`); qtf_edge loads this file to check
+the bundles it writes, so the host and the device accept exactly the same bundles.
+
+Graph I/O contract (both prefill.onnx and decode.onnx, and their _int8 variants):
+  inputs   input_ids                                   int64   (batch, seq)
+           past_key_values.{i}.key|value|key_state     float32 (batch, heads, past_seq, dim)
+  outputs  logits                                      float32 (batch, seq, vocab)
+           present.{i}.key|value|key_state             float32 (batch, heads, past_seq+seq, dim)
+Every present.X output is fed back as the past_key_values.X input of the next decode step.
+A prefill graph may omit the past inputs; if it has them they get past_seq = 0. Names come
+from the sessions, so the number of layers and state kinds is not fixed here.
+
+Exit status: 0 on success, 2 on bad input or a bad bundle (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+
+try:
+    import numpy as np
+except ImportError:  # reported by main() as one line
+    np = None
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "qtf-edge-bundle"
+FORMAT_VERSION = 1
+# Files that must be listed in every bundle's manifest (besides at least one model file).
+REQUIRED_FILES = ("tokenizer.json", "config.json", "generation.json")
+# A file with one of these suffixes is a model file: it must be listed in the manifest.
+MODEL_SUFFIXES = (".onnx", ".ort", ".tflite", ".data")
+INPUT_IDS, LOGITS = "input_ids", "logits"
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+                       "seed": 0, "threads": 0, "stop_token_ids": []}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, modified or malformed (one line naming the file)."""
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _fail(path, what):
+    return BundleError(_one_line(f"{path}: {what}"))
+
+
+# ---------------------------------------------------------------------------- verification
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_model_file(name):
+    return name.endswith(MODEL_SUFFIXES)
+
+
+def read_manifest(folder):
+    """manifest.json of a bundle folder, checked for shape (not against the files)."""
+    folder = str(folder)
+    if not os.path.exists(folder):
+        raise _fail(folder, "not found; expected a bundle folder")
+    if not os.path.isdir(folder):
+        raise _fail(folder, "is not a folder; expected a bundle folder")
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise _fail(path, "missing; expected the bundle manifest (is this a bundle folder?)")
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _fail(path, f"not readable JSON ({_one_line(e)}); expected the bundle manifest")
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise _fail(path, f"expected a JSON object with format {BUNDLE_FORMAT!r}")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"format_version {doc.get('format_version')!r} is not supported by "
+                          f"this run.py (expected {FORMAT_VERSION})")
+    files = doc.get("files")
+    if not isinstance(files, list) or not files:
+        raise _fail(path, "expected 'files': a list of {path, sha256, bytes}")
+    seen = set()
+    for entry in files:
+        name = entry.get("path") if isinstance(entry, dict) else None
+        ok = (isinstance(name, str) and os.path.basename(name) == name
+              and name not in ("", ".", "..", MANIFEST) and "\\" not in name
+              and isinstance(entry.get("sha256"), str)
+              and _SHA256.fullmatch(entry["sha256"]) is not None
+              and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
+              and entry["bytes"] >= 0)
+        if not ok:
+            raise _fail(path, f"files entry {entry!r} must be {{'path': <plain file name>, "
+                              f"'sha256': <64 hex>, 'bytes': <int>}}")
+        if name in seen:
+            raise _fail(path, f"files lists {name!r} twice")
+        seen.add(name)
+    absent = [n for n in REQUIRED_FILES if n not in seen]
+    if absent:
+        raise _fail(path, f"files does not list {', '.join(absent)}")
+    if not any(is_model_file(n) for n in seen):
+        raise _fail(path, f"files lists no model file ({', '.join(MODEL_SUFFIXES)})")
+    for key in ("context_length", "vocab_size"):
+        value = doc.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _fail(path, f"{key} must be a positive integer, got {value!r}")
+    return doc
+
+
+def verify_bundle(folder):
+    """Check a bundle folder against its manifest.json; returns the manifest (a dict).
+
+    Every listed file must exist with the listed size and sha256, and every model file in
+    the folder must be listed. Raises BundleError, one line naming the bad file: missing,
+    truncated or grown (size), tampered (sha256), or unlisted.
+    """
+    doc = read_manifest(folder)
+    folder = str(folder)
+    listed = set()
+    for entry in doc["files"]:
+        name = entry["path"]
+        listed.add(name)
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise _fail(path, f"missing, but {MANIFEST} lists it: the bundle is incomplete")
+        size = os.path.getsize(path)
+        if size != entry["bytes"]:
+            raise _fail(path, f"size is {size} bytes but {MANIFEST} says {entry['bytes']}: "
+                              f"the file is truncated or was modified")
+        actual = _sha256_file(path)
+        if actual != entry["sha256"]:
+            raise _fail(path, f"sha256 {actual[:16]}... does not match {MANIFEST} "
+                              f"({entry['sha256'][:16]}...): the file was tampered with or "
+                              f"corrupted")
+    for name in sorted(os.listdir(folder)):
+        if is_model_file(name) and name not in listed \
+                and os.path.isfile(os.path.join(folder, name)):
+            raise _fail(os.path.join(folder, name), f"model file not listed in {MANIFEST}; "
+                                                    f"remove it or rebuild the bundle")
+    return doc
+
+
+# ---------------------------------------------------------------------------- generation
+
+def _read_generation(folder):
+    path = os.path.join(str(folder), "generation.json")
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _fail(path, f"not readable JSON ({_one_line(e)}); expected generation settings")
+    if not isinstance(doc, dict):
+        raise _fail(path, "expected a JSON object of generation settings")
+    settings = dict(GENERATION_DEFAULTS)
+    settings.update({k: v for k, v in doc.items() if k in GENERATION_DEFAULTS})
+    return settings
+
+
+def check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, threads):
+    """ValueError (one line) for an out-of-range generation setting."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
+    if not is_int(top_k) or top_k < 0:
+        raise ValueError(f"--top-k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1] (1 = off), got {top_p!r}")
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    if threads is not None and (not is_int(threads) or threads < 0):
+        raise ValueError(f"--threads must be an integer >= 0 (0 = onnxruntime's default), "
+                         f"got {threads!r}")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError("the 'onnxruntime' package is missing: pip install onnxruntime") \
+            from None
+    return onnxruntime
+
+
+def _session(ort, folder, name, threads):
+    path = os.path.join(str(folder), name)
+    if not os.path.isfile(path):
+        raise _fail(path, "missing; this bundle has no such graph (try without --int8?)")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: warnings would break the one-line output
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise _fail(path, f"onnxruntime cannot load it ({_one_line(e).splitlines()[0][:300]})")
+
+
+class _Graphs:
+    """The prefill and decode sessions of a bundle, with their I/O checked against the
+    contract."""
+
+    def __init__(self, folder, int8=False, threads=0):
+        ort = _import_onnxruntime()
+        suffix = "_int8" if int8 else ""
+        self.prefill = _session(ort, folder, f"prefill{suffix}.onnx", threads)
+        self.decode = _session(ort, folder, f"decode{suffix}.onnx", threads)
+        for name, sess in (("prefill", self.prefill), ("decode", self.decode)):
+            inputs = [i.name for i in sess.get_inputs()]
+            outputs = [o.name for o in sess.get_outputs()]
+            where = os.path.join(str(folder), f"{name}{suffix}.onnx")
+            if INPUT_IDS not in inputs or LOGITS not in outputs:
+                raise _fail(where, f"does not follow the I/O contract: expected input "
+                                   f"{INPUT_IDS!r} and output {LOGITS!r}, got inputs {inputs} "
+                                   f"and outputs {outputs}")
+            odd = [n for n in inputs if n != INPUT_IDS and not n.startswith(PAST_PREFIX)]
+            odd += [n for n in outputs if n != LOGITS and not n.startswith(PRESENT_PREFIX)]
+            if odd:
+                raise _fail(where, f"does not follow the I/O contract: unexpected "
+                                   f"input/output {odd[0]!r}")
+        self.decode_past = [i.name for i in self.decode.get_inputs() if i.name != INPUT_IDS]
+        for name, sess in (("prefill", self.prefill), ("decode", self.decode)):
+            present = sorted(PAST_PREFIX + o.name[len(PRESENT_PREFIX):]
+                             for o in sess.get_outputs() if o.name != LOGITS)
+            if present != sorted(self.decode_past):
+                where = os.path.join(str(folder), f"{name}{suffix}.onnx")
+                raise _fail(where, f"its present.* outputs do not match decode's "
+                                   f"past_key_values.* inputs ({present} vs "
+                                   f"{sorted(self.decode_past)})")
+        self.prefill_past = {i.name: i for i in self.prefill.get_inputs() if i.name != INPUT_IDS}
+
+    def _empty_past(self):
+        """Zero-length past for a prefill graph that takes past inputs."""
+        feeds = {}
+        for name, meta in self.prefill_past.items():
+            shape = list(meta.shape)
+            if len(shape) != 4:
+                raise BundleError(f"prefill input {name} has shape {shape}; expected "
+                                  f"(batch, heads, past_seq, dim)")
+            heads, dim = shape[1], shape[3]
+            if not isinstance(heads, int) or not isinstance(dim, int):
+                raise BundleError(f"prefill input {name} has symbolic heads/dim {shape}; "
+                                  f"expected fixed heads and dim")
+            feeds[name] = np.zeros((1, heads, 0, dim), dtype=np.float32)
+        return feeds
+
+    def run_prefill(self, ids):
+        feeds = {INPUT_IDS: np.asarray([ids], dtype=np.int64)}
+        feeds.update(self._empty_past())
+        return self._run(self.prefill, "prefill", feeds)
+
+    def run_decode(self, token, past):
+        feeds = {INPUT_IDS: np.asarray([[token]], dtype=np.int64)}
+        feeds.update(past)
+        return self._run(self.decode, "decode", feeds)
+
+    @staticmethod
+    def _run(sess, name, feeds):
+        try:
+            values = sess.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise BundleError(f"the {name} graph failed to run ({_one_line(e)[:300]})") from None
+        logits, past = None, {}
+        logits, past = None, {}
+        for meta, value in zip(sess.get_outputs(), values):
+            if meta.name == LOGITS:
+                logits = value
+            else:
+                past[PAST_PREFIX + meta.name[len(PRESENT_PREFIX):]] = value
+        return logits[0, -1], past
+
+
+def _pick(logits, temperature, top_k, top_p, rng):
+    """Next token from one row of logits: argmax at temperature 0, else a sample from the
+    temperature-scaled distribution restricted to the top_k tokens and the top_p nucleus."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits / float(temperature)
+    if 0 < top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - np.max(scaled))
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = int(np.searchsorted(cumulative, top_p)) + 1  # smallest set reaching top_p
+        mask = np.zeros_like(probs)
+        mask[order[:keep]] = 1.0
+        probs = probs * mask
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
+             seed=None, int8=False, *, threads=0, stop_token_ids=(), on_token=None,
+             verify=True):
+    """Generate up to max_new_tokens token ids after prompt_ids; returns only the new ids.
+
+    temperature 0 is greedy (top_k, top_p and seed then do not matter); otherwise tokens
+    are sampled with numpy's Generator(seed) (seed None: not reproducible). The prompt
+    keeps its last context_length - 1 ids and generation stops when prompt + new ids reach
+    the manifest's context_length, or at a token in stop_token_ids (not returned).
+    on_token(id) is called for each new id as it comes. verify: check the bundle against
+    its manifest first (BundleError if it does not match).
+    """
+    if np is None:
+        raise RuntimeError("the 'numpy' package is missing: pip install numpy")
+    check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, threads)
+    manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
+    if manifest.get("runtime") != "onnxruntime":
+        raise _fail(os.path.join(str(bundle), MANIFEST),
+                    f"runtime is {manifest.get('runtime')!r}; this run.py runs onnxruntime "
+                    f"bundles")
+    ids = [int(i) for i in prompt_ids]
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    vocab, context = manifest["vocab_size"], manifest["context_length"]
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    ids = ids[-(context - 1):] if context > 1 else ids[-1:]
+    stops = {int(t) for t in stop_token_ids}
+    rng = np.random.default_rng(seed)
+    graphs = _Graphs(bundle, int8=int8, threads=threads)
+
+    new = []
+    logits, past = graphs.run_prefill(ids)
+    while True:
+        token = _pick(logits, temperature, top_k, top_p, rng)
+        if token in stops:
+            break
+        new.append(token)
+        if on_token is not None:
+            on_token(token)
+        if len(new) >= max_new_tokens or len(ids) + len(new) >= context:
+            break
+        logits, past = graphs.run_decode(token, past)
+    return new
+
+
+# ---------------------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would also print the usage)
+        sys.stderr.write(f"run.py: error: {_one_line(message)} (see --help)\n")
+        sys.exit(2)
+
+
+def _parser():
+    p = _Parser(prog="run.py", description="Generate text with a qtf-edge bundle "
+                                           "(numpy + onnxruntime + tokenizers; no torch).")
+    p.add_argument("bundle", help="the bundle folder (holds manifest.json)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate (default: generation.json)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default: generation.json)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest "
+                                                           "tokens; 0 = off")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (0 = its default)")
+    p.add_argument("--int8", action="store_true", help="use the int8 graphs")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object at the end instead of streaming text")
+    p.add_argument("--quiet", action="store_true", help="no notes on stderr")
+    return p
+
+
+def _error(message):
+    sys.stderr.write(f"run.py: error: {_one_line(message)}\n")
+    return 2
+
+
+class _Stream:
+    """Prints the text delta of the full decoded string as tokens arrive (holds back a
+    trailing partial UTF-8 character, which decodes as U+FFFD, until it completes). The
+    prompt, as the tokenizer decodes it, is printed with the first token, so that a failure
+    before any token prints nothing to stdout."""
+
+    def __init__(self, tokenizer, prompt_ids, out):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids, self.prompt_len = list(prompt_ids), len(prompt_ids)
+        self.shown = None
+
+    def __call__(self, token):
+        self.ids.append(token)
+        self._emit(final=False)
+
+    def _emit(self, final):
+        if self.shown is None:
+            self.shown = self.tokenizer.decode(self.ids[:self.prompt_len])
+            self.out.write(self.shown)
+        text = self.tokenizer.decode(self.ids)
+        if final or not text.endswith("\ufffd"):
+            if text.startswith(self.shown):
+                delta = text[len(self.shown):]
+            else:  # an earlier piece decodes differently in context: print from where
+                delta = text[len(os.path.commonprefix([text, self.shown])):]  # they part
+            self.out.write(delta)
+            self.shown = text
+        self.out.flush()
+
+    def finish(self):
+        self._emit(final=True)
+        self.out.write("\n")
+        self.out.flush()
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    folder = args.bundle
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "not found"
+        return _error(f"{folder}: {what}; expected a bundle folder")
+    if not args.prompt.strip():
+        return _error("--prompt is empty; expected text to continue")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if np is None:
+        return _error("the 'numpy' package is missing: pip install numpy")
+    try:
+        manifest = verify_bundle(folder)
+        settings = _read_generation(folder)
+    except BundleError as e:
+        return _error(e)
+    for key in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    try:
+        check_generation_settings(*(settings[k] for k in (
+            "max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads")))
+    except ValueError as e:
+        return _error(e)
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return _error("the 'tokenizers' package is missing: pip install tokenizers")
+    try:
+        tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        return _error(f"{os.path.join(folder, 'tokenizer.json')}: cannot be loaded "
+                      f"({_one_line(e)[:200]})")
+
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        return _error("--prompt encodes to no tokens; expected text to continue")
+    context = manifest["context_length"]
+    keep = max(context - 1, 1)
+    if len(ids) > keep:
+        ids = ids[-keep:]
+        if not args.quiet:
+            sys.stderr.write(f"run.py: note: the prompt is longer than the context "
+                             f"({context} tokens); keeping its last {keep} tokens\n")
+    stream = None if args.json else _Stream(tokenizer, ids, sys.stdout)
+    try:
+        new = generate(folder, ids, settings["max_new_tokens"], settings["temperature"],
+                       settings["top_k"], settings["top_p"], settings["seed"], args.int8,
+                       threads=settings["threads"], stop_token_ids=settings["stop_token_ids"],
+                       on_token=stream, verify=False)
+    except (BundleError, ValueError, RuntimeError) as e:
+        if stream is not None and stream.shown is not None:
+            sys.stdout.write("\n")
+        return _error(e)
+    if stream is not None:
+        stream.finish()
+    else:
+        result = {"prompt": args.prompt, "text": tokenizer.decode(new), "tokens": ids + new,
+                  "prompt_tokens": len(ids), "new_tokens": len(new)}
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    if not args.quiet and len(new) < settings["max_new_tokens"] \
+            and len(ids) + len(new) >= context:
+        sys.stderr.write(f"run.py: note: stopped at the context length ({context} tokens)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
