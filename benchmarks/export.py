@@ -92,7 +92,8 @@ def measure(name: str, run: Path, work: Path, args) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
     sizes = {f["path"]: f["bytes"] for f in manifest["files"]}
     validation = manifest["validation"]
-    lowered = next(p for p in report["passes"] if p["pass"] == "lower_tt")["details"]["layers"]
+    lowered = next(p for p in report["passes"]
+                   if p["pass"] == "lower_tt")["details"]["layers"]["decode"]
     model = load_run(run).model.eval()
     prompt = min(PROMPT, model.config.context_length)  # smaller presets: their context
     row = {"model": name, "params": sum(p.numel() for p in model.parameters()),

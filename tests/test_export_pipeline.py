@@ -14,7 +14,7 @@ from qtf_edge import runs
 from qtf_edge.data import load_tokenizer
 from qtf_edge.export import lowering, pipeline
 from qtf_edge.export.bundle import runner_module, verify_bundle
-from qtf_edge.export.lowering import choose_lowering
+from qtf_edge.export.lowering import apply_lowering, choose_lowering
 from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.generate import generate
 from qtf_edge.model import QTensorFormer
@@ -25,7 +25,8 @@ FAST = dict(eval_tokens=512, decode_windows=1, decode_steps=4)
 
 def tt_only_model(seed=0) -> QTensorFormer:
     torch.manual_seed(seed)
-    config = dataclasses.replace(tiny_config(dense=True), use_tt=True, tt_rank=8)
+    config = dataclasses.replace(tiny_config(dense=True), use_tt=True, tt_rank=8,
+                                 tt_embeddings=True, tt_embedding_rank=8)
     return QTensorFormer(config).eval()
 
 
@@ -37,14 +38,19 @@ def logits(model, ids):
 # ---------------------------------------------------------------------------- lowering
 
 def dense_looks_faster(monkeypatch):
-    monkeypatch.setattr(lowering, "_estimated_ms", lambda layer, estimator: {"tt": 2.0,
-                                                                             "dense": 1.0})
+    monkeypatch.setattr(lowering, "_estimated_ms",
+                        lambda product, tokens, estimator: {"tt": 2.0, "dense": 1.0})
 
 
 def test_the_roofline_keeps_small_tt_layers_at_one_token():
     # memory-bound at one token: fewer bytes (the cores) is faster
     rows = choose_lowering(tt_only_model(), "rpi4")
     assert rows and all(r["chosen"] == "tt" and r["tt_ms"] < r["dense_ms"] for r in rows)
+    # at many tokens the head's product is compute-bound, where W's one GEMM needs fewer
+    # FLOPs than this chain
+    head = next(r for r in choose_lowering(tt_only_model(), "rpi4", tokens=4096)
+                if "head" in r["layer"])
+    assert (head["chosen"] == "dense") == (head["dense_ms"] < 0.95 * head["tt_ms"])
 
 
 def test_materialised_layers_compute_the_same_function(monkeypatch):
@@ -54,11 +60,13 @@ def test_materialised_layers_compute_the_same_function(monkeypatch):
     before = logits(model, ids)
     rows = choose_lowering(model, "rpi4")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, TTLinear)}
-    assert {r["layer"] for r in rows} == set(layers)
-    assert all(layers[r["layer"]].lowering == r["chosen"] == "dense" for r in rows)
+    assert {r["layer"] for r in rows} == (set(layers) - {"token_embedding.tt"}
+                                          | {"token_embedding (tied head)"})
+    assert all(r["chosen"] == "dense" for r in rows)
+    assert all(layer.lowering == "dense" for layer in layers.values())
     assert torch.allclose(logits(model, ids), before, atol=1e-5)
-    for layer in layers.values():
-        layer.lowering = "tt"
+    apply_lowering(model, [{**r, "chosen": "tt"} for r in rows])
+    assert all(layer.lowering == "tt" for layer in layers.values())
     assert torch.allclose(logits(model, ids), before, atol=1e-5)
 
 
@@ -72,8 +80,9 @@ def test_lowering_respects_the_size_cap_and_masks(monkeypatch):
     qtf_rows = choose_lowering(qtf, "rpi4")
     masked = [r for r in qtf_rows if ".ffn." in r["layer"]]
     assert masked and all(r["chosen"] == "tt" and "bond masks" in r["why"] for r in masked)
-    assert qtf.config.tt_embeddings  # its table's inner TT matrix is not a projection
-    assert not any(r["layer"].startswith("token_embedding") for r in qtf_rows)
+    assert qtf.config.tt_embeddings  # its table is lowered as the tied head only
+    assert [r["layer"] for r in qtf_rows if "token_embedding" in r["layer"]] == [
+        "token_embedding (tied head)"]
 
 
 # ---------------------------------------------------------------------------- pipeline

@@ -28,6 +28,7 @@ import torch
 from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.distill.deploy import has_simulation
 from qtf_edge.export.graphs import DecodeGraph, PrefillGraph, input_names, output_names
+from qtf_edge.export.lowering import apply_lowering
 
 PROTOBUF_LIMIT = 2**31  # bytes: one ModelProto cannot be serialised beyond 2 GB
 # Example sizes to trace with. Distinct values, all > 1: a size of 1, or two inputs sharing
@@ -110,9 +111,14 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> int:
     return len(data)
 
 
-def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18) -> dict:
+def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
+                lowerings: dict[str, list[dict]] | None = None) -> dict:
     """Write out_dir/prefill.onnx and out_dir/decode.onnx; returns {"prefill": info,
     "decode": info}, info as `graph_info` gives it plus "bytes".
+
+    lowerings: per graph name, the TT lowering rows (export/lowering.py) to trace it with;
+    a graph runs one path per TT product at every size, so prefill and decode each get
+    the path that suits their token count. None: the model's lowerings as they are.
 
     The model is put in eval mode. ValueError for a simulated-form QTF model, weights of
     2 GB or more, or a context too short to trace.
@@ -127,19 +133,22 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18) ->
                          for length in (EXAMPLE_PAST, EXAMPLE_NEW))
     with torch.no_grad():  # decode's example cache: a real one, as prefill makes it
         pasts = PrefillGraph(model)(past_ids)[1:]
-    graphs = {
-        "prefill": _to_onnx(PrefillGraph(model), (past_ids,),
-                            {"input_ids": {**batch, 1: SEQUENCE}},
-                            input_names(config, decode=False), output_names(config), opset,
-                            SEQUENCE),
-        "decode": _to_onnx(DecodeGraph(model), (new_ids, *pasts),
-                           {"input_ids": {**batch, 1: SEQUENCE},
-                            "pasts": tuple({**batch, 2: PAST_SEQUENCE} for _ in pasts)},
-                           input_names(config, decode=True), output_names(config), opset,
-                           f"{PAST_SEQUENCE} + {SEQUENCE}"),
+    traces = {
+        "prefill": lambda: _to_onnx(PrefillGraph(model), (past_ids,),
+                                    {"input_ids": {**batch, 1: SEQUENCE}},
+                                    input_names(config, decode=False), output_names(config),
+                                    opset, SEQUENCE),
+        "decode": lambda: _to_onnx(DecodeGraph(model), (new_ids, *pasts),
+                                   {"input_ids": {**batch, 1: SEQUENCE},
+                                    "pasts": tuple({**batch, 2: PAST_SEQUENCE} for _ in pasts)},
+                                   input_names(config, decode=True), output_names(config),
+                                   opset, f"{PAST_SEQUENCE} + {SEQUENCE}"),
     }
     info = {}
-    for name, graph in graphs.items():
+    for name, trace in traces.items():
+        if lowerings is not None:
+            apply_lowering(model, lowerings[name])
+        graph = trace()
         file = f"{name}.onnx"
         info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file)}
     return info

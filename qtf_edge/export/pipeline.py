@@ -8,7 +8,8 @@ calibration windows:
     deploy_form   fold circuits and fit splines (distill) when the checkpoint simulates
                   anything; refused unless asked (--distill), as distillation is a
                   quality decision the user should see
-    lower_tt      per TT layer, keep the chain or materialise W (lowering.py)
+    lower_tt      per TT layer and graph (prefill at the context length, decode at one
+                  token), keep the chain or materialise W (lowering.py)
 
 then the artifact passes: onnx (prefill + decode graphs), onnx_int8 (dynamic int8),
 validate (each artifact against torch on validation text, --data; thresholds from the
@@ -118,12 +119,16 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                                  "max_fit_error": max((f.error.worst_max for f in fitted),
                                                       default=0.0)}
 
+    lowerings = {}
+
     def lower_tt(m):
         measured = (recipe.name == "cpu" if options.measure_lowering is None
                     else options.measure_lowering)
         max_bytes = None if options.max_size_mb is None else options.max_size_mb * 1e6
-        return m, {"layers": choose_lowering(m, recipe.profile, measure=measured,
-                                             max_bytes=max_bytes)}
+        for graph, tokens in (("prefill", seq_len), ("decode", 1)):  # decode's stays set
+            lowerings[graph] = choose_lowering(m, recipe.profile, tokens=tokens,
+                                               measure=measured, max_bytes=max_bytes)
+        return m, {"layers": lowerings}
 
     torch_steps = {"deploy_form": deploy_form, "lower_tt": lower_tt}
     with tempfile.TemporaryDirectory(prefix="qtf-edge-export-") as tmp:
@@ -137,7 +142,8 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                 model, row = _torch_pass(name, model, torch_steps[name], compared,
                                          recipe.profile, seq_len)
             elif name == "onnx":
-                row = {"pass": name, "graphs": export_onnx(model, stage, opset=recipe.opset)}
+                row = {"pass": name, "graphs": export_onnx(model, stage, opset=recipe.opset,
+                                                           lowerings=lowerings or None)}
                 files.update({"prefill.onnx": stage / "prefill.onnx",
                               "decode.onnx": stage / "decode.onnx"})
             elif name == "onnx_int8":

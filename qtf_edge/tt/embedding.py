@@ -114,9 +114,12 @@ class TTEmbedding(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Tied LM head: x (..., embedding_dim) -> logits (..., num_embeddings) = x @ table.T."""
+        if self.tt.lowering == "dense":  # fixed by export (see TTLinear.lowering)
+            return x @ self.tt.dense_weight().t()
         transposed = [core.transpose(1, 2) for core in self.tt.cores]
         return tt_matmul(x, transposed, self.attend_plan,
-                         dense_weight=lambda: self.tt.dense_weight().t())
+                         dense_weight=lambda: self.tt.dense_weight().t(),
+                         allow_dense=self.tt.lowering != "tt")
 
     def flops_lookup(self, n_tokens: int) -> int:
         """FLOPs of forward() over n_tokens ids (the per-token chain, 2 per multiply-add)."""
@@ -125,7 +128,11 @@ class TTEmbedding(nn.Module):
         return n_tokens * per_token
 
     def flops_attend(self, n_tokens: int) -> int:
-        """FLOPs of attend() over n_tokens vectors."""
+        """FLOPs of attend() over n_tokens vectors (by the path a fixed lowering takes)."""
+        if self.tt.lowering == "dense":
+            return 2 * n_tokens * self.num_embeddings * self.embedding_dim
+        if self.tt.lowering == "tt":
+            return n_tokens * self.attend_plan.flops_per_token
         return self.attend_plan.flops(n_tokens)
 
     @torch.no_grad()
