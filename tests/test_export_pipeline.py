@@ -100,15 +100,20 @@ def test_bundle_verifies_and_its_graphs_match_torch(dense_bundle):
     manifest = verify_bundle(bundle)
     assert manifest["target"] == "rpi" and manifest["runtime"] == "onnxruntime"
     assert manifest["source"]["model_sha256"] == runs.sha256_file(source / "model.safetensors")
-    assert set(manifest["graphs"]) == {"prefill", "decode", "prefill_int8", "decode_int8"}
+    assert set(manifest["graphs"]) == {"prefill", "decode", "prefill_int8", "decode_int8",
+                                       "model", "model_int8"}
     validation = manifest["validation"]
-    for graph in ("prefill", "decode"):
-        assert validation["float"][graph]["top1_agreement"] == 1.0
-        assert validation["float"][graph]["max_abs_diff"] < 1e-4
-        assert (validation["int8"][graph]["perplexity"]
-                <= 1.03 * validation["float"][graph]["perplexity"])
+    for kind, graph in (("float", "prefill"), ("float", "decode"), ("tflite", "model")):
+        assert validation[kind][graph]["top1_agreement"] == 1.0
+        assert validation[kind][graph]["max_abs_diff"] < 1e-4
+    for kind, graph in (("int8", "prefill"), ("int8", "decode"), ("tflite_int8", "model")):
+        entry = validation[kind][graph]
+        assert entry["perplexity"] <= 1.03 * entry["float_perplexity"]
     assert [p["pass"] for p in report["passes"]] == ["deploy_form", "lower_tt", "onnx",
-                                                     "onnx_int8", "validate"]
+                                                     "onnx_int8", "tflite", "tflite_int8",
+                                                     "validate"]
+    sizes = {f["path"]: f["bytes"] for f in manifest["files"]}
+    assert sizes["model_int8.tflite"] < sizes["model.tflite"]
     assert all(p["max_logit_change"] <= 1e-5 for p in report["passes"] if "before" in p)
 
 
@@ -140,6 +145,22 @@ def test_a_failed_validation_writes_no_bundle(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- CLI
 
+def test_a_missing_tflite_extra_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_litert(name, *args, **kwargs):
+        if name.startswith("litert_torch"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    dense = make_run(tmp_path / "dense", dense=True)
+    assert_one_line_error(invoke("export", dense, "--out", tmp_path / "b", "--target", "rpi",
+                                 "--data-tokens", "256"), "pip install 'qtf-edge[tflite]'")
+    assert not (tmp_path / "b").exists()
+
+
 def test_list_targets_shows_every_recipe():
     result = invoke("export", "--list-targets", "--json")
     assert result.exit_code == 0, result.output
@@ -154,7 +175,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     for args, words in (
             ((simulated, "--out", out), ["simulated form", "--distill"]),
             ((dense, "--out", out, "--target", "nowhere"), ["nowhere", "cpu, edgetpu, rpi"]),
-            ((dense, "--out", out, "--target", "edgetpu"), ["not implemented", "tflite"]),
+            ((dense, "--out", out, "--target", "edgetpu"), ["not implemented", "edgetpu_check"]),
             ((tmp_path, "--out", out), ["config.json"]),
             ((dense,), ["--out"])):
         assert_one_line_error(invoke("export", *args), *words)

@@ -49,11 +49,14 @@ def test_shipped_recipe_loads_and_names_an_existing_profile(target):
 def test_cpu_and_rpi_use_onnxruntime_and_dynamic_int8():
     for target in ("cpu", "rpi"):
         recipe = load_recipe(target)
-        assert recipe.runtime == "onnxruntime" and recipe.formats == ("onnx", "onnx_int8")
+        assert recipe.runtime == "onnxruntime" and recipe.formats[:2] == ("onnx", "onnx_int8")
         assert recipe.quantization["onnx_int8"].mode == "dynamic"
         assert {"MatMul", "Gather", "Softmax", "MatMulInteger"} <= set(recipe.accepted_ops)
         assert recipe.compiler_command is None
     assert "rpi5" in load_recipe("rpi").alternate_profiles
+    rpi = load_recipe("rpi")  # and the LiteRT window graph, float and dynamic-range int8
+    assert rpi.formats[2:] == ("tflite", "tflite_int8")
+    assert rpi.quantization["tflite_int8"].mode == "dynamic_range"
 
 
 def test_edgetpu_recipe():

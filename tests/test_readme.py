@@ -15,5 +15,5 @@ def test_readme_python_examples_run():
 
 def test_readme_test_command_is_the_one_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
-    command = "pip install torch==2.13.0 -e '.[dev]' && python -m pytest"
+    command = "pip install torch==2.13.0 -e '.[dev,tflite]' && python -m pytest"
     assert command in README.read_text() and command in ci

@@ -12,6 +12,7 @@ calibration windows:
                   token), keep the chain or materialise W (lowering.py)
 
 then the artifact passes: onnx (prefill + decode graphs), onnx_int8 (dynamic int8),
+tflite and tflite_int8 (one fixed-window graph, float and dynamic-range int8; tflite.py),
 validate (each artifact against torch on validation text, --data; thresholds from the
 recipe),
 bundle (staged beside --out, renamed into place only when every pass succeeded).
@@ -36,11 +37,18 @@ from qtf_edge.export.lowering import choose_lowering
 from qtf_edge.export.onnx_graphs import export_onnx
 from qtf_edge.export.onnx_int8 import quantize_dynamic_int8
 from qtf_edge.export.recipes import load_recipe
+from qtf_edge.export.tflite import (
+    export_tflite,
+    quantize_tflite_dynamic,
+    require_extra,
+    validate_tflite,
+)
 from qtf_edge.export.validate import check_thresholds, validate_graphs
 from qtf_edge.runs import load_run
 from qtf_edge.train.budget import measure
 
-IMPLEMENTED_PASSES = ("deploy_form", "lower_tt", "onnx", "onnx_int8", "validate", "bundle")
+IMPLEMENTED_PASSES = ("deploy_form", "lower_tt", "onnx", "onnx_int8", "tflite", "tflite_int8",
+                      "validate", "bundle")
 COMPARED_WINDOWS = 8  # calibration windows a torch pass's logit change is measured on
 REPORT_KEY = "export"
 
@@ -67,7 +75,13 @@ def _check_implemented(recipe) -> None:
     missing = [p for p in recipe.passes if p not in IMPLEMENTED_PASSES]
     if missing:
         raise ValueError(f"target {recipe.name}: passes {', '.join(missing)} are not implemented "
-                         f"in this version (it writes ONNX bundles: targets cpu, rpi)")
+                         f"in this version (targets cpu and rpi are)")
+    if any(p.startswith("tflite") for p in recipe.passes):
+        require_extra()  # a missing extra fails before any work
+    tflite_int8 = recipe.quantization.get("tflite_int8")
+    if tflite_int8 is not None and tflite_int8.mode != "dynamic_range":
+        raise ValueError(f"target {recipe.name}: tflite_int8 mode {tflite_int8.mode} is not "
+                         f"implemented in this version (dynamic_range is)")
 
 
 def _logits(model, windows) -> list[torch.Tensor]:
@@ -153,6 +167,14 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                     for graph in ("prefill", "decode")}}
                 files.update({f"{g}_int8.onnx": stage / f"{g}_int8.onnx"
                               for g in ("prefill", "decode")})
+            elif name == "tflite":
+                row = {"pass": name, "model": export_tflite(model, stage / "model.tflite")}
+                files["model.tflite"] = stage / "model.tflite"
+            elif name == "tflite_int8":
+                float_info = next(r["model"] for r in report["passes"] if r["pass"] == "tflite")
+                row = {"pass": name, "model": quantize_tflite_dynamic(
+                    stage / "model.tflite", stage / "model_int8.tflite", float_info)}
+                files["model_int8.tflite"] = stage / "model_int8.tflite"
             elif name == "validate":
                 validation = _validate(model, stage, files, windows, recipe, options)
                 row = {"pass": name, "results": validation}
@@ -164,6 +186,8 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                       "config.json": Path(checkpoint) / "config.json"})
         graphs = {Path(f).stem: {"file": f, **graph_io(path)} for f, path in files.items()
                   if f.endswith(".onnx")}
+        graphs.update({Path(row["model"]["file"]).stem: row["model"]
+                       for row in report["passes"] if row["pass"].startswith("tflite")})
         progress("pass bundle")
         write_bundle(out, files, {
             "target": recipe.name, "runtime": recipe.runtime, "graphs": graphs,
@@ -188,5 +212,16 @@ def _validate(model, stage: Path, files: dict, windows, recipe, options) -> dict
         results["int8"] = validate_graphs(model, *graphs("_int8"), windows,
                                           reference=results["float"], **kwargs)
         check_thresholds(results["int8"], "int8",
+                         perplexity_ratio=recipe.validation.int8_perplexity_ratio)
+    if "model.tflite" in files:
+        results["tflite"] = {"model": validate_tflite(model, stage / "model.tflite", windows,
+                                                      threads=options.threads)}
+        check_thresholds(results["tflite"], "float",
+                         top1=recipe.validation.float_top1_agreement)
+    if "model_int8.tflite" in files:
+        results["tflite_int8"] = {"model": validate_tflite(
+            model, stage / "model_int8.tflite", windows, threads=options.threads,
+            reference=results["tflite"]["model"])}
+        check_thresholds(results["tflite_int8"], "int8",
                          perplexity_ratio=recipe.validation.int8_perplexity_ratio)
     return results

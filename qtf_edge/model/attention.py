@@ -60,6 +60,11 @@ class CausalSelfAttention(nn.Module):
         if self.qksam is not None:
             weights = self.qksam.attention(query_states, key_states, mask)
             y_quantum = F.dropout(weights, p_drop, self.training) @ v
-            y = y_quantum if gate is None else torch.lerp(y, y_quantum.to(y.dtype),
-                                                          gate[:, None, :, None].to(y.dtype))
+            if gate is not None:
+                # g * quantum + (1 - g) * classical: exact for the hard 0/1 gate, with lerp's
+                # gradients; torch.lerp itself has no TFLite lowering (prims.copy_strided).
+                g = gate[:, None, :, None].to(y.dtype)
+                y = g * y_quantum.to(y.dtype) + (1 - g) * y
+            else:
+                y = y_quantum
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

@@ -55,10 +55,17 @@ def cached_constant(builder):
 
 
 @cached_constant
+@functools.lru_cache(maxsize=None)
+def _bit_table(n: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple((i >> (n - 1 - q)) & 1 for q in range(n)) for i in range(2**n))
+
+
 def basis_bits(n: int) -> torch.Tensor:
-    """(2**n, n) int64: bits[i, q] = value of qubit q in basis state i (qubit 0 = MSB)."""
-    shifts = torch.arange(n - 1, -1, -1)
-    return (torch.arange(2**n)[:, None] >> shifts) & 1
+    """(2**n, n) int64: bits[i, q] = value of qubit q in basis state i (qubit 0 = MSB).
+
+    Built from Python integers, so that a traced graph holds it as a constant (shift ops
+    on index tensors have no TFLite lowering)."""
+    return torch.tensor(_bit_table(n), dtype=torch.int64)
 
 
 def ry(theta: torch.Tensor) -> torch.Tensor:
