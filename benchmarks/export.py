@@ -32,11 +32,11 @@ from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.export.validate import run_graph, session
 from qtf_edge.host import describe_host
 from qtf_edge.model import QTensorFormer
-from qtf_edge.presets import preset
+from qtf_edge.presets import PRESETS, preset
 from qtf_edge.runs import load_run, save_run
 
 PROMPT = 128
-PRESET_BY_WIDTH = {128: "small", 256: "medium", 512: "large", 768: "xl"}
+PRESET_BY_WIDTH = {model["d_model"]: name for name, (model, _) in PRESETS.items()}
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -15,8 +15,8 @@ Graph I/O contract (both prefill.onnx and decode.onnx, and their _int8 variants)
   outputs  logits                                      float32 (batch, seq, vocab)
            present.{i}.key|value|key_state             float32 (batch, heads, past_seq+seq, dim)
 Every present.X output is fed back as the past_key_values.X input of the next decode step.
-A prefill graph may omit the past inputs; if it has them they get past_seq = 0. Names come
-from the sessions, so the number of layers and state kinds is not fixed here.
+A prefill graph takes input_ids only. Names come from the sessions, so the number of layers
+and state kinds is not fixed here.
 
 Exit status: 0 on success, 2 on bad input or a bad bundle (one line on stderr).
 """
@@ -241,6 +241,11 @@ class _Graphs:
             if odd:
                 raise _fail(where, f"does not follow the I/O contract: unexpected "
                                    f"input/output {odd[0]!r}")
+        prefill_inputs = [i.name for i in self.prefill.get_inputs()]
+        if prefill_inputs != [INPUT_IDS]:
+            raise _fail(os.path.join(str(folder), f"prefill{suffix}.onnx"),
+                        f"does not follow the I/O contract: expected the input {INPUT_IDS!r} "
+                        f"only, got {prefill_inputs}")
         self.decode_past = [i.name for i in self.decode.get_inputs() if i.name != INPUT_IDS]
         for name, sess in (("prefill", self.prefill), ("decode", self.decode)):
             present = sorted(PAST_PREFIX + o.name[len(PRESENT_PREFIX):]
@@ -250,27 +255,9 @@ class _Graphs:
                 raise _fail(where, f"its present.* outputs do not match decode's "
                                    f"past_key_values.* inputs ({present} vs "
                                    f"{sorted(self.decode_past)})")
-        self.prefill_past = {i.name: i for i in self.prefill.get_inputs() if i.name != INPUT_IDS}
-
-    def _empty_past(self):
-        """Zero-length past for a prefill graph that takes past inputs."""
-        feeds = {}
-        for name, meta in self.prefill_past.items():
-            shape = list(meta.shape)
-            if len(shape) != 4:
-                raise BundleError(f"prefill input {name} has shape {shape}; expected "
-                                  f"(batch, heads, past_seq, dim)")
-            heads, dim = shape[1], shape[3]
-            if not isinstance(heads, int) or not isinstance(dim, int):
-                raise BundleError(f"prefill input {name} has symbolic heads/dim {shape}; "
-                                  f"expected fixed heads and dim")
-            feeds[name] = np.zeros((1, heads, 0, dim), dtype=np.float32)
-        return feeds
 
     def run_prefill(self, ids):
-        feeds = {INPUT_IDS: np.asarray([ids], dtype=np.int64)}
-        feeds.update(self._empty_past())
-        return self._run(self.prefill, "prefill", feeds)
+        return self._run(self.prefill, "prefill", {INPUT_IDS: np.asarray([ids], dtype=np.int64)})
 
     def run_decode(self, token, past):
         feeds = {INPUT_IDS: np.asarray([[token]], dtype=np.int64)}
@@ -283,7 +270,6 @@ class _Graphs:
             values = sess.run(None, feeds)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(f"the {name} graph failed to run ({_one_line(e)[:300]})") from None
-        logits, past = None, {}
         logits, past = None, {}
         for meta, value in zip(sess.get_outputs(), values):
             if meta.name == LOGITS:

@@ -61,7 +61,8 @@ GENERATION_FILE = "generation.json"
 # Written by write_bundle itself; a caller may not pass files with these names.
 GENERATED_FILES = (RUNNER_FILE, README_FILE, GENERATION_FILE, MANIFEST_FILE)
 TOOL_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy",
-                      "tokenizers", "qtf-edge")
+                      "tokenizers", "litert-torch", "ai-edge-quantizer", "ai-edge-litert",
+                      "qtf-edge")
 QUANTUM_NOTE = ("The 'quantum' parts of the model (few-qubit circuits) were simulated exactly "
                 "on a classical computer and folded into constant weights before export; the "
                 "graphs contain ordinary tensor operations and need no quantum hardware or "

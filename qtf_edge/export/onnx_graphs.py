@@ -15,10 +15,6 @@ Dense and TT-only models have nothing simulated and export as they are.
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import onnx
@@ -29,6 +25,7 @@ from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.distill.deploy import has_simulation
 from qtf_edge.export.graphs import DecodeGraph, PrefillGraph, input_names, output_names
 from qtf_edge.export.lowering import apply_lowering
+from qtf_edge.export.quiet import quiet_tools
 
 PROTOBUF_LIMIT = 2**31  # bytes: one ModelProto cannot be serialised beyond 2 GB
 # Example sizes to trace with. Distinct values, all > 1: a size of 1, or two inputs sharing
@@ -52,27 +49,9 @@ def check_exportable(model: torch.nn.Module) -> None:
                          f"export; expected at least {EXAMPLE_PAST + EXAMPLE_NEW}")
 
 
-@contextlib.contextmanager
-def quiet_exporter():
-    """Silence what the exporter prints, warns and logs (axis renames, missing torchvision
-    ops, deprecations): the CLI reports what matters itself; errors still raise."""
-    loggers = [logging.getLogger(name)
-               for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO())):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def _to_onnx(graph: torch.nn.Module, args: tuple, dynamic_shapes: dict, inputs: list[str],
              outputs: list[str], opset: int, cache_length: str) -> onnx.ModelProto:
-    with quiet_exporter(), torch.no_grad():
+    with quiet_tools(), torch.no_grad():
         program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
                                     output_names=outputs, dynamic_shapes=dynamic_shapes,
                                     opset_version=opset, verbose=False, report=False)

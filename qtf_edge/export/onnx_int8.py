@@ -14,17 +14,14 @@ export) it quantised no more ops and only added a few nodes and bytes.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from qtf_edge.atomic import write_bytes_atomic
+from qtf_edge.export.onnx_graphs import graph_info, save_onnx
+from qtf_edge.export.quiet import quiet_tools
 
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 
@@ -43,19 +40,15 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> dict:
     # The quantiser writes to a path: a temporary one beside dst, then one atomic write.
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as tmp:
         quantized = Path(tmp) / "int8.onnx"
-        with _quiet_quantizer():
+        with quiet_tools():
             quantize_dynamic(source, quantized, op_types_to_quantize=QUANTIZED_OPS,
                              per_channel=True, weight_type=QuantType.QInt8,
                              nodes_to_exclude=batched_weight_nodes(source))
         model = onnx.load(quantized)
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString()
-    write_bytes_atomic(dst, data)
+    size = save_onnx(model, dst)
     source_bytes = src.stat().st_size
-    ops = collections.Counter(node.op_type for node in model.graph.node)
-    return {"file": dst.name, "source_bytes": source_bytes, "bytes": len(data),
-            "ratio": len(data) / source_bytes, "nodes": len(model.graph.node),
-            "op_types": dict(sorted(ops.items()))}
+    return {**graph_info(model, dst.name), "source_bytes": source_bytes, "bytes": size,
+            "ratio": size / source_bytes}
 
 
 def batched_weight_nodes(model: onnx.ModelProto) -> list[str]:
@@ -63,20 +56,3 @@ def batched_weight_nodes(model: onnx.ModelProto) -> list[str]:
     ndim = {t.name: len(t.dims) for t in model.graph.initializer}
     return [node.name for node in model.graph.node
             if node.op_type in QUANTIZED_OPS and ndim.get(node.input[1], 2) > 2]
-
-
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """Hold back the quantiser's INFO/WARNING lines, which go to the root logger. The
-    NullHandler also keeps logging.warning() from installing a stderr handler for good."""
-    root, null = logging.getLogger(), logging.NullHandler()
-    level = root.level
-    root.addHandler(null)
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.removeHandler(null)
-        root.setLevel(level)

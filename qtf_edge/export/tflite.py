@@ -18,18 +18,15 @@ context are padded on the right, which a causal model's earlier positions never 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qtf_edge.atomic import write_bytes_atomic
+from qtf_edge.export.quiet import quiet_tools
 from qtf_edge.export.validate import LogitComparison
 
 EXTRA_HINT = "pip install 'qtf-edge[tflite]'"
@@ -54,34 +51,11 @@ class _Logits(torch.nn.Module):
 
 def _require(module: str):
     try:
-        with _quiet():  # importing litert-torch logs from C++ (absl, torchao)
+        with quiet_tools():  # importing litert-torch logs from C++ (absl, torchao)
             return __import__(module, fromlist=["_"])
     except ImportError:
         raise ValueError(f"TFLite export needs {module.split('.')[0]}, which is not "
                          f"installed: {EXTRA_HINT}") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The converters print progress and warnings from Python and from C++ (absl, XNNPACK)
-    on stdout and stderr; silence both levels, file descriptors included."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    saved = [os.dup(1), os.dup(2)]
-    sink = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            os.dup2(sink, fd)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(sink)
-        logging.disable(previous)
 
 
 def export_tflite(model, path: str | Path) -> dict:
@@ -90,7 +64,7 @@ def export_tflite(model, path: str | Path) -> dict:
     model.eval()
     config = model.config
     ids = torch.zeros((1, config.context_length), dtype=torch.long)
-    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+    with quiet_tools(), tempfile.TemporaryDirectory() as tmp:
         edge = litert_torch.convert(_Logits(model), (ids,))
         edge.export(os.path.join(tmp, "model.tflite"))
         data = Path(tmp, "model.tflite").read_bytes()
@@ -119,7 +93,7 @@ def quantize_tflite_dynamic(src: str | Path, dst: str | Path, float_info: dict) 
     info is float_info: the same inputs and outputs) to `dst`."""
     quantizer = _require("ai_edge_quantizer.quantizer")
     recipes = _require("ai_edge_quantizer.recipe")
-    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+    with quiet_tools(), tempfile.TemporaryDirectory() as tmp:
         job = quantizer.Quantizer(str(src))
         job.load_quantization_recipe(_dynamic_recipe(recipes))
         job.quantize().export_model(os.path.join(tmp, "int8.tflite"), overwrite=True)
@@ -132,7 +106,7 @@ def quantize_tflite_dynamic(src: str | Path, dst: str | Path, float_info: dict) 
 class _Interpreter:
     def __init__(self, path: str | Path, threads: int):
         interpreter = _require("ai_edge_litert.interpreter")
-        with _quiet():
+        with quiet_tools():
             self.runner = interpreter.Interpreter(model_path=str(path), num_threads=threads)
             self.runner.allocate_tensors()
         self.input = self.runner.get_input_details()[0]
