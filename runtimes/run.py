@@ -47,6 +47,9 @@ PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
                        "seed": 0, "threads": 0, "stop_token_ids": []}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Where an Edge TPU bundle's compiler command writes the compiled model (made on the user's
+# machine after export, so the manifest cannot list it).
+EDGETPU_DIR = "edgetpu"
 
 
 class BundleError(ValueError):

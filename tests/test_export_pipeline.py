@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from run_factory import VOCAB, make_run, tiny_config, tiny_model, tokenizer_json
 
 from cli_helpers import assert_one_line_error, invoke
@@ -16,6 +17,7 @@ from qtf_edge.export import lowering, pipeline
 from qtf_edge.export.bundle import runner_module, verify_bundle
 from qtf_edge.export.lowering import apply_lowering, choose_lowering
 from qtf_edge.export.pipeline import ExportOptions, export_run
+from qtf_edge.export.recipes import load_recipe
 from qtf_edge.generate import generate
 from qtf_edge.model import QTensorFormer
 from qtf_edge.tt import TTLinear
@@ -68,6 +70,17 @@ def test_materialised_layers_compute_the_same_function(monkeypatch):
     apply_lowering(model, [{**r, "chosen": "tt"} for r in rows])
     assert all(layer.lowering == "tt" for layer in layers.values())
     assert torch.allclose(logits(model, ids), before, atol=1e-5)
+
+
+def test_a_target_without_batched_matmul_gets_materialised_layers():
+    model = tt_only_model()  # the roofline keeps every chain at one token (test above)
+    rows = choose_lowering(model, "edge_tpu", chain_runs=False)
+    assert rows and all(r["chosen"] == "dense" and "no batched matmul" in r["why"]
+                        for r in rows)
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())
+    capped = choose_lowering(tt_only_model(), "edge_tpu", chain_runs=False,
+                             max_bytes=weight_bytes)
+    assert all(r["chosen"] == "tt" and "size budget" in r["why"] for r in capped)
 
 
 def test_lowering_respects_the_size_cap_and_masks(monkeypatch):
@@ -167,6 +180,13 @@ def test_list_targets_shows_every_recipe():
     assert {t["target"] for t in json.loads(result.output)} >= {"cpu", "rpi", "edgetpu"}
 
 
+def static_int8_recipe(folder) -> str:
+    data = yaml.safe_load(load_recipe("cpu").path.read_text())
+    data["quantization"]["onnx_int8"] = {"mode": "static", "representative_dataset": "train"}
+    (folder / "static.yaml").write_text(yaml.safe_dump(data))
+    return str(folder / "static.yaml")
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     dense = make_run(tmp_path / "dense", dense=True)
     simulated = runs.save_run(tmp_path / "qtf", tiny_model(), tokenizer_json().encode(),
@@ -175,7 +195,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     for args, words in (
             ((simulated, "--out", out), ["simulated form", "--distill"]),
             ((dense, "--out", out, "--target", "nowhere"), ["nowhere", "cpu, edgetpu, rpi"]),
-            ((dense, "--out", out, "--target", "edgetpu"), ["not implemented", "edgetpu_check"]),
+            ((dense, "--out", out, "--target", static_int8_recipe(tmp_path)),
+             ["onnx_int8 mode static", "not implemented"]),
             ((tmp_path, "--out", out), ["config.json"]),
             ((dense,), ["--out"])):
         assert_one_line_error(invoke("export", *args), *words)

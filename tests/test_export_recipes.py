@@ -64,9 +64,11 @@ def test_edgetpu_recipe():
     assert recipe.constraints.static_shapes and recipe.constraints.int8_tensors
     assert recipe.constraints.max_nontrivial_dims == 3
     quant = recipe.quantization["tflite_int8"]
-    assert quant.mode == "full_integer" and quant.representative_dataset
-    assert {"FullyConnected", "Softmax", "Reshape", "Transpose"} <= set(recipe.accepted_ops)
-    assert "MatMul" not in recipe.accepted_ops  # TFLite names, not ONNX ones
+    assert quant.mode == "full_integer" and quant.representative_dataset == "train"
+    assert quant.float_output  # the vocabulary projection stays on the host, in float
+    # TFLite builtin names, as the .tflite file spells them, not ONNX ones
+    assert {"FULLY_CONNECTED", "SOFTMAX", "RESHAPE", "TRANSPOSE"} <= set(recipe.accepted_ops)
+    assert "MatMul" not in recipe.accepted_ops and "BATCH_MATMUL" not in recipe.accepted_ops
     assert recipe.passes.index("edgetpu_check") > recipe.passes.index("tflite_int8")
     assert recipe.compiler_argv("out/decode_int8.tflite", "out") == [
         "edgetpu_compiler", "-s", "-o", "out", "out/decode_int8.tflite"]
@@ -151,6 +153,10 @@ def _nested(outer, key, value):
      "quantization.onnx_int8.representative_dataset", "non-empty string"),
     (_set("quantization", {"onnx_int8": {"mode": "dynamic", "representative_dataset": "valid"}}),
      "quantization.onnx_int8.representative_dataset", "only used by calibrated modes"),
+    (_set("quantization", {"onnx_int8": {"mode": "dynamic", "float_output": True}}),
+     "quantization.onnx_int8.float_output", "only applies to mode full_integer"),
+    (_set("quantization", {"onnx_int8": {"mode": "dynamic", "float_output": "yes"}}),
+     "quantization.onnx_int8.float_output", "true or false"),
     (_nested("constraints", "static_shapes", "yes"), "constraints.static_shapes", "true or false"),
     (_nested("constraints", "fast", True), "constraints.fast", "not a known constraint"),
     (_nested("validation", "float_top1_agreement", 1.5), "validation.float_top1_agreement",

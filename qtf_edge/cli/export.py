@@ -8,6 +8,7 @@ import click
 
 from qtf_edge.cli.main import cli, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
+from qtf_edge.export.edgetpu import summary as edgetpu_summary
 from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.export.recipes import known_targets, load_recipe
 
@@ -21,7 +22,9 @@ from qtf_edge.export.recipes import known_targets, load_recipe
 @click.option("--distill", is_flag=True,
               help="Fold a simulated checkpoint into its deploy form here (else refused).")
 @click.option("--calib", type=click.Path(), default=None,
-              help="Distillation text for --distill [default: shipped train excerpt].")
+              help="Calibration text: distillation (--distill) and full-integer int8 "
+                   "ranges [default: shipped train excerpt; for int8, the recipe's "
+                   "representative_dataset].")
 @click.option("--calib-tokens", type=click.IntRange(2), default=ExportOptions.calib_tokens,
               show_default=True, help="Tokens read from --calib.")
 @click.option("--data", type=click.Path(), default=None,
@@ -93,5 +96,10 @@ def render(report: dict) -> str:
     if rows:
         lines += ["", format_table(["artifact", "max |diff|", "mean |diff|", "top-1 agree",
                                     "ppl/token", "torch ppl"], rows)]
+    edgetpu = next((p["report"] for p in report["passes"] if p["pass"] == "edgetpu_check"), None)
+    if edgetpu is not None:
+        lines += ["", edgetpu_summary(edgetpu),
+                  f"compile it (in the bundle, where edgetpu_compiler is installed): "
+                  f"{edgetpu['compiler_command']}"]
     lines += ["", f"run it: python3 {report['out']}/run.py {report['out']} --prompt \"...\""]
     return "\n".join(lines)

@@ -69,7 +69,7 @@ QUANTUM_NOTE = ("The 'quantum' parts of the model (few-qubit circuits) were simu
                 "simulator.")
 _MANIFEST_KEYS_REQUIRED = ("target", "runtime", "graphs", "context_length", "vocab_size",
                            "source")
-_MANIFEST_KEYS_OPTIONAL = ("validation", "generation", "recipe", "extra")
+_MANIFEST_KEYS_OPTIONAL = ("validation", "generation", "recipe", "compiler_command", "extra")
 _END_OF_TEXT = "<|endoftext|>"
 
 
@@ -210,9 +210,11 @@ def _check_fields(fields: Mapping, files: dict[str, Path]) -> None:
     for key in ("validation", "extra"):
         if fields.get(key) is not None and not isinstance(fields[key], Mapping):
             raise ValueError(f"manifest_fields[{key!r}] must be a mapping, got {fields[key]!r}")
-    if fields.get("recipe") is not None and not isinstance(fields["recipe"], str):
-        raise ValueError(f"manifest_fields['recipe'] must be a string (the recipe's name or "
-                         f"path), got {fields['recipe']!r}")
+    for key, what in (("recipe", "the recipe's name or path"),
+                      ("compiler_command", "the command that compiles a bundled file")):
+        if fields.get(key) is not None and not isinstance(fields[key], str):
+            raise ValueError(f"manifest_fields[{key!r}] must be a string ({what}), got "
+                             f"{fields[key]!r}")
     for key in ("graphs", "validation", "extra"):
         _check_json(fields.get(key), f"manifest_fields[{key!r}]")
 
@@ -289,7 +291,8 @@ def _tool_versions() -> dict:
     return tools
 
 
-def _readme(target: str, runtime: str, created: str, int8: bool) -> str:
+def _readme(target: str, runtime: str, created: str, int8: bool,
+            compiler_command: str | None) -> str:
     packages = f"numpy {runtime} tokenizers"  # runtime names are their PyPI package names
     lines = [
         f"qtf-edge bundle for target '{target}' (runtime: {runtime}), created {created}.",
@@ -306,6 +309,11 @@ def _readme(target: str, runtime: str, created: str, int8: bool) -> str:
         "run.py first checks every file against manifest.json (size and sha256) and refuses a",
         "bundle that is incomplete or was modified.",
         "",
+        *(["This target needs a compiled model: in this folder, on a machine with the",
+           "compiler installed, run",
+           "",
+           f"    {compiler_command}",
+           ""] if compiler_command else []),
         *textwrap.wrap(QUANTUM_NOTE, width=88),
         "",
     ]
@@ -339,7 +347,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
         source: the run folder exported from (its model.safetensors sha256 is recorded);
         optional: validation (dict of results), generation (overrides of
         GENERATION_DEFAULTS; stop_token_ids defaults to the tokenizer's <|endoftext|>),
-        recipe (str: the recipe's name or path), extra (dict, copied as is).
+        recipe (str: the recipe's name or path), compiler_command (str: the command a
+        target's compiler is run with in the bundle folder), extra (dict, copied as is).
     force: replace an existing `out` (only once the new bundle is complete; `out` must then
         be a bundle folder or empty, so a mistyped path cannot delete unrelated files).
 
@@ -365,7 +374,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
         shutil.copyfile(data_dir("runtimes") / RUNNER_FILE, tmp / RUNNER_FILE)
         write_json_atomic(tmp / GENERATION_FILE, generation)
         write_text_atomic(tmp / README_FILE,
-                          _readme(fields["target"], fields["runtime"], created, int8))
+                          _readme(fields["target"], fields["runtime"], created, int8,
+                                  fields.get("compiler_command")))
         manifest = _manifest(tmp, fields, source, created)
         write_json_atomic(tmp / MANIFEST_FILE, manifest)  # last: it marks the bundle complete
         verify_bundle(tmp)  # the device-side check must accept what was just written
@@ -387,6 +397,7 @@ def _manifest(folder: Path, fields: Mapping, source: dict, created: str) -> dict
         "target": fields["target"],
         "runtime": fields["runtime"],
         "recipe": fields.get("recipe"),
+        "compiler_command": fields.get("compiler_command"),
         "created": created,
         "context_length": fields["context_length"],
         "vocab_size": fields["vocab_size"],

@@ -106,10 +106,12 @@ def _estimated_ms(product: TTProduct, tokens: int, estimator: EnergyEstimator) -
 
 
 def choose_lowering(model: nn.Module, profile: str, *, tokens: int = 1, measure: bool = False,
-                    max_bytes: float | None = None) -> list[dict]:
+                    max_bytes: float | None = None, chain_runs: bool = True) -> list[dict]:
     """Set `lowering` on every TT product of `model` for calls of `tokens` tokens (see the
     module docstring); returns one row per product: layer, tokens, tt_ms, dense_ms
-    (estimated or measured), basis, chosen, why."""
+    (estimated or measured), basis, chosen, why. chain_runs=False: the target cannot run
+    the chain's batched products (the Edge TPU has no BATCH_MATMUL), so W is materialised
+    wherever the size budget allows, whatever the timing."""
     estimator = EnergyEstimator(profile)
     rows, candidates = [], []
     for product in tt_products(model):
@@ -121,7 +123,7 @@ def choose_lowering(model: nn.Module, profile: str, *, tokens: int = 1, measure:
                "chosen": "tt", "why": "tt is faster or within 5% and smaller"}
         if product.masked:
             row["why"] = "per-token ranks (bond masks) need the chain"
-        elif times["dense"] < times["tt"] * (1 - TIE):
+        elif not chain_runs or times["dense"] < times["tt"] * (1 - TIE):
             candidates.append((times["tt"] - times["dense"], product, row))
         product.holder.lowering = "tt"
         rows.append(row)
@@ -129,10 +131,11 @@ def choose_lowering(model: nn.Module, profile: str, *, tokens: int = 1, measure:
     for _, product, row in sorted(candidates, key=lambda c: c[0], reverse=True):
         growth = BYTES_PER_VALUE * (product.in_features * product.out_features
                                     - product.tt_params)
+        why = "dense is faster" if chain_runs else "the target runs no batched matmul"
         if max_bytes is not None and weight_bytes + growth > max_bytes:
-            row["why"] = "dense is faster but would exceed the size budget"
+            row["why"] = f"{why}, but dense would exceed the size budget"
             continue
-        product.holder.lowering, row["chosen"], row["why"] = "dense", "dense", "dense is faster"
+        product.holder.lowering, row["chosen"], row["why"] = "dense", "dense", why
         weight_bytes += growth
     return rows
 

@@ -14,6 +14,7 @@ Dense and TT-only models have nothing simulated and export as they are.
 
 from __future__ import annotations
 
+import ast
 import collections
 from pathlib import Path
 
@@ -33,6 +34,7 @@ PROTOBUF_LIMIT = 2**31  # bytes: one ModelProto cannot be serialised beyond 2 GB
 EXAMPLE_BATCH, EXAMPLE_PAST, EXAMPLE_NEW = 2, 5, 3
 # Dynamic axes by name; the exporter makes each a Dim.DYNAMIC and names the ONNX dim after it.
 BATCH, SEQUENCE, PAST_SEQUENCE = "batch", "sequence", "past_sequence"
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # node metadata: the module path, outermost first
 
 
 def check_exportable(model: torch.nn.Module) -> None:
@@ -49,19 +51,35 @@ def check_exportable(model: torch.nn.Module) -> None:
                          f"export; expected at least {EXAMPLE_PAST + EXAMPLE_NEW}")
 
 
+def op_layers(model: onnx.ModelProto) -> dict[str, str]:
+    """op type -> the module (dotted name in the exported model) of its first node, from the
+    dynamo exporter's name-scope metadata (onnxslim drops it, so read it before)."""
+    layers = {}
+    for node in model.graph.node:
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props
+                       if p.key == NAME_SCOPES), None)
+        if node.op_type not in layers and scopes:
+            # [wrapper, "model", "model.<layer>", ..., the aten op]: the deepest module
+            module = scopes[-2] if len(scopes) > 1 else scopes[-1]
+            layers[node.op_type] = module.removeprefix("model.") or "model"
+    return layers
+
+
 def _to_onnx(graph: torch.nn.Module, args: tuple, dynamic_shapes: dict, inputs: list[str],
-             outputs: list[str], opset: int, cache_length: str) -> onnx.ModelProto:
+             outputs: list[str], opset: int, cache_length: str
+             ) -> tuple[onnx.ModelProto, dict[str, str]]:
     with quiet_tools(), torch.no_grad():
         program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
                                     output_names=outputs, dynamic_shapes=dynamic_shapes,
                                     opset_version=opset, verbose=False, report=False)
+        layers = op_layers(program.model_proto)
         model = onnxslim.slim(program.model_proto)
     # The exporter names each present's length after its own sum, in either order
     # ("sequence + past_sequence" in one layer, "past_sequence + sequence" in the next);
     # one label for all reads as the contract does.
     for output in model.graph.output[1:]:
         output.type.tensor_type.shape.dim[2].dim_param = cache_length
-    return model
+    return model, layers
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -99,6 +117,9 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
     a graph runs one path per TT product at every size, so prefill and decode each get
     the path that suits their token count. None: the model's lowerings as they are.
 
+    info["op_layers"] maps each op type to the layer its first node came from (for
+    errors that name an op a target cannot run).
+
     The model is put in eval mode. ValueError for a simulated-form QTF model, weights of
     2 GB or more, or a context too short to trace.
     """
@@ -127,7 +148,8 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
     for name, trace in traces.items():
         if lowerings is not None:
             apply_lowering(model, lowerings[name])
-        graph = trace()
+        graph, layers = trace()
         file = f"{name}.onnx"
-        info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file)}
+        info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file),
+                      "op_layers": layers}
     return info

@@ -11,15 +11,18 @@ calibration windows:
     lower_tt      per TT layer and graph (prefill at the context length, decode at one
                   token), keep the chain or materialise W (lowering.py)
 
-then the artifact passes: onnx (prefill + decode graphs), onnx_int8 (dynamic int8),
-tflite and tflite_int8 (one fixed-window graph, float and dynamic-range int8; tflite.py),
-validate (each artifact against torch on validation text, --data; thresholds from the
-recipe),
-bundle (staged beside --out, renamed into place only when every pass succeeded).
+then the artifact passes: onnx (prefill + decode graphs, each op checked against the
+recipe's accepted ops), onnx_int8 (dynamic int8), tflite and tflite_int8 (one fixed-window
+graph, float and int8: dynamic-range, or full-integer calibrated on representative text;
+tflite.py), validate (each artifact against torch on validation text, --data; thresholds
+from the recipe), edgetpu_check (what of the full-integer graph the Edge TPU would run;
+edgetpu.py), bundle (staged beside --out, renamed into place only when every pass
+succeeded).
 """
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,17 +32,20 @@ from pathlib import Path
 import torch
 
 from qtf_edge.data import default_corpus, load_tokenizer
+from qtf_edge.data.corpus import SPLITS
 from qtf_edge.derived import calibration_windows
 from qtf_edge.distill import distill_model, has_simulation
 from qtf_edge.evaluate import window_batches
-from qtf_edge.export.bundle import check_bundle_out, graph_io, write_bundle
-from qtf_edge.export.lowering import choose_lowering
+from qtf_edge.export.bundle import check_bundle_out, graph_io, runner_module, write_bundle
+from qtf_edge.export.edgetpu import check_edgetpu, summary
+from qtf_edge.export.lowering import apply_lowering, choose_lowering
 from qtf_edge.export.onnx_graphs import export_onnx
 from qtf_edge.export.onnx_int8 import quantize_dynamic_int8
 from qtf_edge.export.recipes import load_recipe
 from qtf_edge.export.tflite import (
     export_tflite,
     quantize_tflite_dynamic,
+    quantize_tflite_full_integer,
     require_extra,
     validate_tflite,
 )
@@ -48,9 +54,10 @@ from qtf_edge.runs import load_run
 from qtf_edge.train.budget import measure
 
 IMPLEMENTED_PASSES = ("deploy_form", "lower_tt", "onnx", "onnx_int8", "tflite", "tflite_int8",
-                      "validate", "bundle")
+                      "validate", "edgetpu_check", "bundle")
 COMPARED_WINDOWS = 8  # calibration windows a torch pass's logit change is measured on
 REPORT_KEY = "export"
+TFLITE_INT8_FILE = "model_int8.tflite"
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,46 @@ def _check_implemented(recipe) -> None:
     missing = [p for p in recipe.passes if p not in IMPLEMENTED_PASSES]
     if missing:
         raise ValueError(f"target {recipe.name}: passes {', '.join(missing)} are not implemented "
-                         f"in this version (targets cpu and rpi are)")
+                         f"in this version")
+    onnx_int8 = recipe.quantization.get("onnx_int8")
+    if onnx_int8 is not None and onnx_int8.mode != "dynamic":
+        raise ValueError(f"target {recipe.name}: onnx_int8 mode {onnx_int8.mode} is not "
+                         f"implemented in this version (dynamic is)")
     if any(p.startswith("tflite") for p in recipe.passes):
         require_extra()  # a missing extra fails before any work
-    tflite_int8 = recipe.quantization.get("tflite_int8")
-    if tflite_int8 is not None and tflite_int8.mode != "dynamic_range":
-        raise ValueError(f"target {recipe.name}: tflite_int8 mode {tflite_int8.mode} is not "
-                         f"implemented in this version (dynamic_range is)")
+
+
+def check_onnx_ops(graphs: dict, recipe) -> None:
+    """ValueError naming the first op of an ONNX graph (export_onnx's info) that the
+    target does not run, with the layer it came from and the recipe that lists the ops.
+    Only for targets that run ONNX: a TFLite target's accepted_ops name TFLite operators
+    (its ONNX graphs are host-side references; edgetpu_check judges its TFLite graph)."""
+    if recipe.runtime != "onnxruntime":
+        return
+    for info in graphs.values():
+        for op in info["op_types"]:
+            if op not in recipe.accepted_ops:
+                layer = info.get("op_layers", {}).get(op)
+                where = f"layer {layer}, {info['file']}" if layer else info["file"]
+                raise ValueError(f"target {recipe.name} cannot run the ONNX op {op} ({where}); "
+                                 f"{recipe.path} lists the ops it runs in accepted_ops")
+
+
+def compiler_command(recipe) -> str | None:
+    """The command, run in the bundle folder, that compiles its int8 TFLite file."""
+    if recipe.compiler_command is None:
+        return None
+    return shlex.join(recipe.compiler_argv(TFLITE_INT8_FILE, runner_module().EDGETPU_DIR))
+
+
+def representative_windows(quantization, calib, tokenizer, seq_len: int) -> list[list[int]]:
+    """Calibration windows for a full-integer int8 pass: --calib if given, else the
+    recipe's representative_dataset (a shipped split or a text file)."""
+    dataset = quantization.representative_dataset
+    text = calib or (default_corpus(dataset) if dataset in SPLITS else dataset)
+    samples = quantization.representative_samples or 100
+    windows = calibration_windows(tokenizer, text, samples * seq_len + 1, seq_len)
+    return windows[:samples]
 
 
 def _logits(model, windows) -> list[torch.Tensor]:
@@ -139,9 +179,12 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
         measured = (recipe.name == "cpu" if options.measure_lowering is None
                     else options.measure_lowering)
         max_bytes = None if options.max_size_mb is None else options.max_size_mb * 1e6
+        # ONNX Runtime runs the chain's MatMuls; a TFLite target needs BATCH_MATMUL for it.
+        chain_runs = recipe.runtime == "onnxruntime" or "BATCH_MATMUL" in recipe.accepted_ops
         for graph, tokens in (("prefill", seq_len), ("decode", 1)):  # decode's stays set
             lowerings[graph] = choose_lowering(m, recipe.profile, tokens=tokens,
-                                               measure=measured, max_bytes=max_bytes)
+                                               measure=measured, max_bytes=max_bytes,
+                                               chain_runs=chain_runs)
         return m, {"layers": lowerings}
 
     torch_steps = {"deploy_form": deploy_form, "lower_tt": lower_tt}
@@ -158,6 +201,7 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
             elif name == "onnx":
                 row = {"pass": name, "graphs": export_onnx(model, stage, opset=recipe.opset,
                                                            lowerings=lowerings or None)}
+                check_onnx_ops(row["graphs"], recipe)
                 files.update({"prefill.onnx": stage / "prefill.onnx",
                               "decode.onnx": stage / "decode.onnx"})
             elif name == "onnx_int8":
@@ -165,19 +209,35 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                     graph: quantize_dynamic_int8(stage / f"{graph}.onnx",
                                                  stage / f"{graph}_int8.onnx")
                     for graph in ("prefill", "decode")}}
+                check_onnx_ops(row["graphs"], recipe)
                 files.update({f"{g}_int8.onnx": stage / f"{g}_int8.onnx"
                               for g in ("prefill", "decode")})
             elif name == "tflite":
+                if lowerings:  # the window graph runs the context length, as prefill does
+                    apply_lowering(model, lowerings["prefill"])
                 row = {"pass": name, "model": export_tflite(model, stage / "model.tflite")}
                 files["model.tflite"] = stage / "model.tflite"
             elif name == "tflite_int8":
                 float_info = next(r["model"] for r in report["passes"] if r["pass"] == "tflite")
-                row = {"pass": name, "model": quantize_tflite_dynamic(
-                    stage / "model.tflite", stage / "model_int8.tflite", float_info)}
-                files["model_int8.tflite"] = stage / "model_int8.tflite"
+                quantization = recipe.quantization["tflite_int8"]
+                paths = stage / "model.tflite", stage / TFLITE_INT8_FILE
+                if quantization.mode == "full_integer":
+                    info = quantize_tflite_full_integer(
+                        *paths, float_info,
+                        representative_windows(quantization, options.calib, tokenizer, seq_len),
+                        ops=recipe.accepted_ops, float_output=quantization.float_output)
+                else:
+                    info = quantize_tflite_dynamic(*paths, float_info)
+                row = {"pass": name, "model": info}
+                files[TFLITE_INT8_FILE] = paths[1]
             elif name == "validate":
                 validation = _validate(model, stage, files, windows, recipe, options)
                 row = {"pass": name, "results": validation}
+            elif name == "edgetpu_check":
+                row = {"pass": name, "report": check_edgetpu(stage / TFLITE_INT8_FILE,
+                                                             recipe, model)}
+                row["report"]["compiler_command"] = compiler_command(recipe)
+                progress(summary(row["report"]))
             else:
                 raise AssertionError(f"unhandled pass {name}")  # _check_implemented's list
             row.setdefault("seconds", time.perf_counter() - start)
@@ -193,6 +253,7 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
             "target": recipe.name, "runtime": recipe.runtime, "graphs": graphs,
             "context_length": seq_len, "vocab_size": model.config.vocab_size,
             "source": str(checkpoint), "validation": validation, "recipe": recipe.name,
+            "compiler_command": compiler_command(recipe),
             "generation": {"threads": recipe.threads}, "extra": {REPORT_KEY: report}},
             force=options.force)
     return report
@@ -218,9 +279,9 @@ def _validate(model, stage: Path, files: dict, windows, recipe, options) -> dict
                                                       threads=options.threads)}
         check_thresholds(results["tflite"], "float",
                          top1=recipe.validation.float_top1_agreement)
-    if "model_int8.tflite" in files:
+    if TFLITE_INT8_FILE in files:
         results["tflite_int8"] = {"model": validate_tflite(
-            model, stage / "model_int8.tflite", windows, threads=options.threads,
+            model, stage / TFLITE_INT8_FILE, windows, threads=options.threads,
             reference=results["tflite"]["model"])}
         check_thresholds(results["tflite_int8"], "int8",
                          perplexity_ratio=recipe.validation.int8_perplexity_ratio)

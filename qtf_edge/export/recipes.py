@@ -75,7 +75,8 @@ QUANTIZATION_MODES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "tflite_int8": ("dynamic_range", "full_integer"),
 })
 _CALIBRATED_MODES = ("static", "full_integer")  # these need a representative dataset
-_QUANT_KEYS = ("mode", "representative_dataset", "representative_samples", "per_channel")
+_QUANT_KEYS = ("mode", "representative_dataset", "representative_samples", "per_channel",
+               "float_output")
 
 RUNTIMES = ("onnxruntime", "ai-edge-litert", "tflite-runtime")
 _RUNTIME_FORMATS = {"onnxruntime": ONNX_FORMATS, "ai-edge-litert": TFLITE_FORMATS,
@@ -107,12 +108,15 @@ class Quantization:
         "valid" or "train" (that split of the run's corpus) or a path to a text file.
     representative_samples: how many calibration sequences (calibrated modes only).
     per_channel: per-output-channel weight scales (None: the quantiser's default).
+    float_output: (full_integer) keep the op writing the graph output, the vocabulary
+        projection, in float so the logits are not rounded to 256 levels.
     """
 
     mode: str
     representative_dataset: str | None = None
     representative_samples: int | None = None
     per_channel: bool | None = None
+    float_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,8 +329,16 @@ def _parse_quantization(raw: Any, formats: tuple[str, ...], path: Path
                                                        f"{mode}")
         if per_channel is not None and not isinstance(per_channel, bool):
             raise _fail(path, f"{key}.per_channel", f"must be true or false, got {per_channel!r}")
+        float_output = entry.get("float_output", False)
+        if not isinstance(float_output, bool):
+            raise _fail(path, f"{key}.float_output", f"must be true or false, got "
+                                                     f"{float_output!r}")
+        if float_output and mode != "full_integer":
+            raise _fail(path, f"{key}.float_output", f"only applies to mode full_integer, "
+                                                     f"not {mode}")
         out[fmt] = Quantization(mode=mode, representative_dataset=dataset,
-                                representative_samples=samples, per_channel=per_channel)
+                                representative_samples=samples, per_channel=per_channel,
+                                float_output=float_output)
     return out
 
 

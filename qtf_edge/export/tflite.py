@@ -11,6 +11,9 @@ KV-cache graphs are ONNX's (onnx_graphs.py).
                    range" mode), as the cpu and rpi recipes ask. (litert-torch's own PT2E
                    route quantises the embedding lookup with a zero point that TFLite's
                    EMBEDDING_LOOKUP kernel rejects.)
+    int8 full      ai-edge-quantizer's static_wi8_ai8 on the float file, activation ranges
+                   calibrated on representative text: int8 tensors throughout the ops the
+                   target runs, what the Edge TPU compiler requires.
 
 Validation runs the files with ai-edge-litert's Interpreter; windows shorter than the
 context are padded on the right, which a causal model's earlier positions never see.
@@ -30,6 +33,8 @@ from qtf_edge.export.quiet import quiet_tools
 from qtf_edge.export.validate import LogitComparison
 
 EXTRA_HINT = "pip install 'qtf-edge[tflite]'"
+# litert-torch's names for the one signature of a converted module and its tensors.
+SIGNATURE, INPUT_NAME, OUTPUT_TENSOR_PREFIX = "serving_default", "args_0", "serving_default_output"
 
 
 def require_extra() -> None:
@@ -103,6 +108,46 @@ def quantize_tflite_dynamic(src: str | Path, dst: str | Path, float_info: dict) 
             "source_bytes": Path(src).stat().st_size}
 
 
+def quantize_tflite_full_integer(src: str | Path, dst: str | Path, float_info: dict,
+                                 windows: list[list[int]], ops: tuple[str, ...],
+                                 float_output: bool) -> dict:
+    """Write the full-integer form of the TFLite file `src` to `dst`: int8 weights and
+    int8 activations (ai-edge-quantizer's static_wi8_ai8, per-channel weights), with
+    activation ranges calibrated by running the float file on `windows` (each at least
+    context + 1 ids; the first context ids are fed).
+
+    ops: the builtin operators to quantise, a target's accepted ops (the rest stay float:
+    they run on the host anyway, and some have no usable int8 kernel: an int8 DIV fails
+    when a divisor rounds to its zero point). float_output: keep the op that writes the
+    graph output (the vocabulary projection) in float, so the logits are not rounded to
+    256 levels."""
+    quantizer = _require("ai_edge_quantizer.quantizer")
+    recipes = _require("ai_edge_quantizer.recipe")
+    supported = {op.name for op in recipes.TFLOperationName}
+    chosen = [op for op in ops if op in supported]
+    if not chosen:
+        raise ValueError(f"full-integer quantisation: none of the target's ops "
+                         f"({', '.join(ops)}) can be quantised by ai-edge-quantizer")
+    (entry,) = recipes.static_wi8_ai8()
+    # Recipe entries match a tensor-name regex; the graph output's name is fixed by
+    # litert-torch's serving signature.
+    pattern = f"^(?!{OUTPUT_TENSOR_PREFIX}).*" if float_output else ".*"
+    length = int(float_info["inputs"][0]["shape"][1])
+    data = {SIGNATURE: [{INPUT_NAME: np.asarray(w[:length], dtype=np.int32)[None]}
+                        for w in windows]}
+    with quiet_tools(), tempfile.TemporaryDirectory() as tmp:
+        job = quantizer.Quantizer(str(src))
+        job.load_quantization_recipe([{**entry, "regex": pattern, "operation": op}
+                                      for op in chosen])
+        ranges = job.calibrate(data)
+        job.quantize(ranges).export_model(os.path.join(tmp, "int8.tflite"), overwrite=True)
+        data = Path(tmp, "int8.tflite").read_bytes()
+    write_bytes_atomic(dst, data)
+    return {**float_info, "file": Path(dst).name, "bytes": len(data),
+            "source_bytes": Path(src).stat().st_size, "quantized_ops": chosen,
+            "calibration_windows": len(windows), "float_output": float_output}
+
+
 class _Interpreter:
     def __init__(self, path: str | Path, threads: int):
         interpreter = _require("ai_edge_litert.interpreter")
@@ -114,12 +159,16 @@ class _Interpreter:
         self.length = int(self.input["shape"][1])
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        """ids (T,) with T <= the window -> logits (T, vocab)."""
+        """ids (T,) with T <= the window -> float logits (T, vocab)."""
         padded = np.zeros((1, self.length), dtype=self.input["dtype"])
         padded[0, :len(ids)] = ids
         self.runner.set_tensor(self.input["index"], padded)
         self.runner.invoke()
-        return self.runner.get_tensor(self.output["index"])[0, :len(ids)]
+        logits = self.runner.get_tensor(self.output["index"])[0, :len(ids)]
+        scale, zero_point = self.output["quantization"]
+        if scale:  # an int8 output: real = scale * (q - zero_point)
+            return scale * (logits.astype(np.float32) - zero_point)
+        return logits
 
 
 @torch.inference_mode()
