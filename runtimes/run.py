@@ -1,22 +1,34 @@
 #!/usr/bin/env python3
-"""Run a qtf-edge bundle on the device: verify it, then generate text with ONNX Runtime.
+"""Run a qtf-edge bundle on the device: verify it, then generate text.
 
-    pip install numpy onnxruntime tokenizers
+    pip install numpy onnxruntime tokenizers      (or ai-edge-litert, or tflite-runtime)
     python3 run.py BUNDLE --prompt "The castle was"
 
 This file is copied into every bundle and is all the device needs besides numpy,
-onnxruntime and tokenizers: it never imports torch or qtf_edge. It is also the single
-implementation of bundle verification (`verify_bundle`); qtf_edge loads this file to check
-the bundles it writes, so the host and the device accept exactly the same bundles.
+tokenizers and one inference runtime: it never imports torch or qtf_edge. It is also the
+single implementation of bundle verification (`verify_bundle`); qtf_edge loads this file
+to check the bundles it writes, so the host and the device accept exactly the same bundles.
 
-Graph I/O contract (both prefill.onnx and decode.onnx, and their _int8 variants):
+Runtimes (--runtime, default: the bundle's own runtime if installed, else another that
+runs one of its formats):
+  onnxruntime                  prefill.onnx + decode.onnx: one small step per new token
+  ai-edge-litert, tflite-runtime
+                               model.tflite, a fixed window (1, context) graph: each new
+                               token re-runs the window (TFLite has no KV cache here). An
+                               Edge TPU bundle with --int8 runs edgetpu/model_int8_edgetpu.tflite
+                               (the compiler's output) through the libedgetpu delegate when
+                               both are present, and says why when it cannot.
+
+ONNX graph I/O contract (both prefill.onnx and decode.onnx, and their _int8 variants):
   inputs   input_ids                                   int64   (batch, seq)
            past_key_values.{i}.key|value|key_state     float32 (batch, heads, past_seq, dim)
   outputs  logits                                      float32 (batch, seq, vocab)
            present.{i}.key|value|key_state             float32 (batch, heads, past_seq+seq, dim)
 Every present.X output is fed back as the past_key_values.X input of the next decode step.
 A prefill graph takes input_ids only. Names come from the sessions, so the number of layers
-and state kinds is not fixed here.
+and state kinds is not fixed here. TFLite window graph: input_ids int32 (1, context) ->
+logits (1, context, vocab), float or int8 with its quantisation parameters; ids are padded
+on the right, which a causal model's earlier positions never see.
 
 Exit status: 0 on success, 2 on bad input or a bad bundle (one line on stderr).
 """
@@ -50,6 +62,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Where an Edge TPU bundle's compiler command writes the compiled model (made on the user's
 # machine after export, so the manifest cannot list it).
 EDGETPU_DIR = "edgetpu"
+EDGETPU_MODEL = "model_int8_edgetpu.tflite"  # edgetpu_compiler names it <input>_edgetpu
+# libedgetpu's file name per system (Coral docs, "Run inference with TensorFlow Lite in
+# Python": load_delegate's argument on Linux, macOS and Windows).
+EDGETPU_LIBRARIES = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib",
+                     "win32": "edgetpu.dll"}
+RUNTIMES = ("onnxruntime", "ai-edge-litert", "tflite-runtime")
+RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert.interpreter",
+                   "tflite-runtime": "tflite_runtime.interpreter"}
 
 
 class BundleError(ValueError):
@@ -194,17 +214,8 @@ def check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, t
     if seed is not None and (not is_int(seed) or seed < 0):
         raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
     if threads is not None and (not is_int(threads) or threads < 0):
-        raise ValueError(f"--threads must be an integer >= 0 (0 = onnxruntime's default), "
+        raise ValueError(f"--threads must be an integer >= 0 (0 = the runtime's default), "
                          f"got {threads!r}")
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise RuntimeError("the 'onnxruntime' package is missing: pip install onnxruntime") \
-            from None
-    return onnxruntime
 
 
 def _session(ort, folder, name, threads):
@@ -226,8 +237,7 @@ class _Graphs:
     """The prefill and decode sessions of a bundle, with their I/O checked against the
     contract."""
 
-    def __init__(self, folder, int8=False, threads=0):
-        ort = _import_onnxruntime()
+    def __init__(self, ort, folder, int8=False, threads=0):
         suffix = "_int8" if int8 else ""
         self.prefill = _session(ort, folder, f"prefill{suffix}.onnx", threads)
         self.decode = _session(ort, folder, f"decode{suffix}.onnx", threads)
@@ -282,6 +292,139 @@ class _Graphs:
         return logits[0, -1], past
 
 
+def _import_runtime(runtime):
+    """The runtime's Python module, or None when it is not installed."""
+    import importlib
+    try:
+        return importlib.import_module(RUNTIME_MODULES[runtime])
+    except ImportError:
+        return None
+
+
+def _bundle_formats(manifest):
+    names = {entry["path"] for entry in manifest["files"]}
+    return {"onnxruntime": "prefill.onnx" in names,
+            "ai-edge-litert": "model.tflite" in names, "tflite-runtime": "model.tflite" in names}
+
+
+def choose_runtime(manifest, requested="auto"):
+    """(runtime name, its module) for running this bundle; RuntimeError (one line) if the
+    requested runtime, or with "auto" every runtime that runs the bundle, is missing."""
+    runs = _bundle_formats(manifest)
+    if requested != "auto":
+        if requested not in RUNTIMES:
+            raise ValueError(f"--runtime must be auto or one of {', '.join(RUNTIMES)}, got "
+                             f"{requested!r}")
+        if not runs[requested]:
+            raise ValueError(f"--runtime {requested}: this bundle has no graph it runs "
+                             f"(bundle runtime: {manifest.get('runtime')})")
+        module = _import_runtime(requested)
+        if module is None:
+            raise RuntimeError(f"the '{requested}' package is missing: pip install {requested}")
+        return requested, module
+    own = manifest.get("runtime")
+    order = ([own] if own in RUNTIMES else []) + [r for r in RUNTIMES if r != own]
+    usable = [r for r in order if runs[r]]
+    for runtime in usable:
+        module = _import_runtime(runtime)
+        if module is not None:
+            return runtime, module
+    raise RuntimeError(f"no runtime for this bundle is installed: pip install {usable[0]}"
+                       + (f" (or {' or '.join(usable[1:])})" if usable[1:] else ""))
+
+
+def _edgetpu_delegate(litert, folder, note):
+    """(model path, delegates) for the Edge TPU, or None; note(line) says which and why."""
+    compiled = os.path.join(str(folder), EDGETPU_DIR, EDGETPU_MODEL)
+    if not os.path.isfile(compiled):
+        note(f"{compiled} not found (compile the bundle with the command in README.txt); "
+             f"running model_int8.tflite on the CPU")
+        return None
+    library = EDGETPU_LIBRARIES.get(sys.platform, EDGETPU_LIBRARIES["linux"])
+    try:
+        delegate = litert.load_delegate(library)
+    except (ValueError, OSError, RuntimeError) as e:
+        note(f"the Edge TPU runtime ({library}) could not be loaded ({_one_line(e)[:120]}); "
+             f"running model_int8.tflite on the CPU")
+        return None
+    note(f"running {compiled} on the Edge TPU (compiled after export, so {MANIFEST} does "
+         f"not cover it)")
+    return compiled, [delegate]
+
+
+class _QuietStderr:
+    """Silences file descriptor 2 while LiteRT's C++ code loads a model: it logs an INFO
+    line about its default delegate there, which would break one-line output. Errors
+    still arrive as Python exceptions."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+class _Window:
+    """The TFLite window graph behind the same prefill/decode calls as the ONNX graphs:
+    the state is the ids so far, and every call runs the whole window."""
+
+    def __init__(self, litert, folder, manifest, int8=False, threads=0, note=None):
+        name = "model_int8.tflite" if int8 else "model.tflite"
+        path = os.path.join(str(folder), name)
+        if not os.path.isfile(path):
+            raise _fail(path, "missing; this bundle has no such graph (try without --int8?)")
+        delegates = []
+        if int8 and manifest.get("target") == "edgetpu":
+            found = _edgetpu_delegate(litert, folder, note or (lambda line: None))
+            if found is not None:
+                path, delegates = found
+        try:
+            with _QuietStderr():
+                self.interpreter = litert.Interpreter(
+                    model_path=path, num_threads=threads or None,
+                    experimental_delegates=delegates or None)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise _fail(path, f"the TFLite interpreter cannot load it ({_one_line(e)[:300]})")
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 2:
+            raise _fail(path, f"does not follow the window contract: expected one input "
+                              f"(1, context) and one output, got {len(inputs)} and "
+                              f"{len(outputs)}")
+        self.input, self.output = inputs[0], outputs[0]
+        self.length = int(self.input["shape"][1])
+
+    def _logits(self, ids):
+        ids = ids[-self.length:]
+        window = np.zeros((1, self.length), dtype=self.input["dtype"])
+        window[0, :len(ids)] = ids
+        try:
+            self.interpreter.set_tensor(self.input["index"], window)
+            self.interpreter.invoke()
+        except (ValueError, RuntimeError) as e:
+            raise BundleError(f"the window graph failed to run ({_one_line(e)[:300]})") \
+                from None
+        row = self.interpreter.get_tensor(self.output["index"])[0, len(ids) - 1]
+        scale, zero_point = self.output.get("quantization", (0.0, 0))
+        if scale:  # an int8 output: real = scale * (q - zero_point)
+            return scale * (row.astype(np.float32) - zero_point)
+        return row
+
+    def run_prefill(self, ids):
+        ids = list(ids)
+        return self._logits(ids), ids
+
+    def run_decode(self, token, past):
+        ids = past + [token]
+        return self._logits(ids), ids
+
+
 def _pick(logits, temperature, top_k, top_p, rng):
     """Next token from one row of logits: argmax at temperature 0, else a sample from the
     temperature-scaled distribution restricted to the top_k tokens and the top_p nucleus."""
@@ -307,7 +450,7 @@ def _pick(logits, temperature, top_k, top_p, rng):
 
 def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
              seed=None, int8=False, *, threads=0, stop_token_ids=(), on_token=None,
-             verify=True):
+             verify=True, runtime="auto", on_note=None):
     """Generate up to max_new_tokens token ids after prompt_ids; returns only the new ids.
 
     temperature 0 is greedy (top_k, top_p and seed then do not matter); otherwise tokens
@@ -315,16 +458,14 @@ def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p
     keeps its last context_length - 1 ids and generation stops when prompt + new ids reach
     the manifest's context_length, or at a token in stop_token_ids (not returned).
     on_token(id) is called for each new id as it comes. verify: check the bundle against
-    its manifest first (BundleError if it does not match).
+    its manifest first (BundleError if it does not match). runtime: see choose_runtime;
+    on_note(line) is told what the user should know (where an Edge TPU bundle runs).
     """
     if np is None:
         raise RuntimeError("the 'numpy' package is missing: pip install numpy")
     check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, threads)
     manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
-    if manifest.get("runtime") != "onnxruntime":
-        raise _fail(os.path.join(str(bundle), MANIFEST),
-                    f"runtime is {manifest.get('runtime')!r}; this run.py runs onnxruntime "
-                    f"bundles")
+    name, module = choose_runtime(manifest, runtime)
     ids = [int(i) for i in prompt_ids]
     if not ids:
         raise ValueError("the prompt has no tokens")
@@ -335,7 +476,10 @@ def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p
     ids = ids[-(context - 1):] if context > 1 else ids[-1:]
     stops = {int(t) for t in stop_token_ids}
     rng = np.random.default_rng(seed)
-    graphs = _Graphs(bundle, int8=int8, threads=threads)
+    if name == "onnxruntime":
+        graphs = _Graphs(module, bundle, int8=int8, threads=threads)
+    else:
+        graphs = _Window(module, bundle, manifest, int8=int8, threads=threads, note=on_note)
 
     new = []
     logits, past = graphs.run_prefill(ids)
@@ -361,8 +505,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser():
-    p = _Parser(prog="run.py", description="Generate text with a qtf-edge bundle "
-                                           "(numpy + onnxruntime + tokenizers; no torch).")
+    p = _Parser(prog="run.py", description="Generate text with a qtf-edge bundle (numpy, "
+                                           "tokenizers and onnxruntime, ai-edge-litert or "
+                                           "tflite-runtime; no torch).")
     p.add_argument("bundle", help="the bundle folder (holds manifest.json)")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -374,8 +519,11 @@ def _parser():
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--threads", type=int, default=None,
-                   help="onnxruntime intra-op threads (0 = its default)")
+                   help="intra-op threads of the runtime (0 = its default)")
     p.add_argument("--int8", action="store_true", help="use the int8 graphs")
+    p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES,
+                   help="inference runtime (auto: the bundle's own if installed, else "
+                        "another that runs one of its formats)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming text")
     p.add_argument("--quiet", action="store_true", help="no notes on stderr")
@@ -469,11 +617,14 @@ def main(argv=None):
             sys.stderr.write(f"run.py: note: the prompt is longer than the context "
                              f"({context} tokens); keeping its last {keep} tokens\n")
     stream = None if args.json else _Stream(tokenizer, ids, sys.stdout)
+    def note(line):
+        if not args.quiet:
+            sys.stderr.write(f"run.py: note: {line}\n")
     try:
         new = generate(folder, ids, settings["max_new_tokens"], settings["temperature"],
                        settings["top_k"], settings["top_p"], settings["seed"], args.int8,
                        threads=settings["threads"], stop_token_ids=settings["stop_token_ids"],
-                       on_token=stream, verify=False)
+                       on_token=stream, verify=False, runtime=args.runtime, on_note=note)
     except (BundleError, ValueError, RuntimeError) as e:
         if stream is not None and stream.shown is not None:
             sys.stdout.write("\n")

@@ -12,7 +12,7 @@ import yaml
 from run_factory import make_run, tiny_model
 
 from qtf_edge import runs
-from qtf_edge.export.bundle import verify_bundle
+from qtf_edge.export.bundle import runner_module, verify_bundle
 from qtf_edge.export.edgetpu import edgetpu_report, op_problems
 from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.export.recipes import load_recipe
@@ -120,6 +120,8 @@ def test_edgetpu_bundle_is_full_integer_validated_and_checked(edgetpu_bundle):
         assert o.flops == 2 * math.prod(o.outputs[0].shape) * o.inputs[1].shape[1]
     head = next(o for o in ops if o.layer == GRAPH_OUTPUT)
     assert head.outputs[0].dtype == "float32"  # recipe: float_output
+    attention = [o for o in ops if o.layer.endswith(".attention") and o.name == "SOFTMAX"]
+    assert attention and all(o.outputs[0].dtype == "float32" for o in attention)  # float_modules
     check = next(p["report"] for p in report["passes"] if p["pass"] == "edgetpu_check")
     assert check["ops"] == len(ops) and check["compiler_command"] == command
     assert check["tpu_ops"] <= check["supported_ops"] <= check["ops"]
@@ -141,3 +143,45 @@ def test_an_onnx_op_the_target_does_not_list_is_refused(tmp_path):
                                          r"\(layer token_embedding, prefill.onnx\)"):
         export_run(source, tmp_path / "bundle", ExportOptions(target=str(recipe), **FAST))
     assert not (tmp_path / "bundle").exists()
+
+
+# ---------------------------------------------------------------------------- the runner
+
+def test_runtime_choice_prefers_the_bundles_own_and_falls_back(edgetpu_bundle, monkeypatch):
+    runner = runner_module()
+    manifest = verify_bundle(edgetpu_bundle[1])
+    assert runner.choose_runtime(manifest)[0] == "ai-edge-litert"
+    installed = {"onnxruntime"}
+    monkeypatch.setattr(runner, "_import_runtime",
+                        lambda name: object() if name in installed else None)
+    assert runner.choose_runtime(manifest)[0] == "onnxruntime"
+    installed.clear()
+    with pytest.raises(RuntimeError, match=r"pip install ai-edge-litert \(or onnxruntime or "
+                                           r"tflite-runtime\)"):
+        runner.choose_runtime(manifest)
+    with pytest.raises(RuntimeError, match="pip install tflite-runtime"):
+        runner.choose_runtime(manifest, "tflite-runtime")
+    onnx_only = {**manifest, "files": [f for f in manifest["files"]
+                                       if not f["path"].endswith(".tflite")]}
+    with pytest.raises(ValueError, match="no graph it runs"):
+        runner.choose_runtime(onnx_only, "ai-edge-litert")
+
+
+def test_an_edgetpu_bundle_says_where_it_runs(edgetpu_bundle):
+    _, bundle, _ = edgetpu_bundle
+    notes = []
+    new = runner_module().generate(str(bundle), [5, 6, 7], 4, int8=True, stop_token_ids=(),
+                                   on_note=notes.append)
+    assert len(new) == 4
+    assert len(notes) == 1 and "model_int8_edgetpu.tflite not found" in notes[0] \
+        and "on the CPU" in notes[0]
+    (bundle / "edgetpu").mkdir()
+    (bundle / "edgetpu" / "model_int8_edgetpu.tflite").write_bytes(b"compiled elsewhere")
+    try:  # no libedgetpu here: said, and the int8 graph runs on the CPU
+        notes.clear()
+        assert runner_module().generate(str(bundle), [5, 6, 7], 4, int8=True,
+                                        stop_token_ids=(), on_note=notes.append) == new
+        assert "could not be loaded" in notes[0] and "on the CPU" in notes[0]
+    finally:
+        import shutil
+        shutil.rmtree(bundle / "edgetpu")

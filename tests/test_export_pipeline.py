@@ -130,14 +130,16 @@ def test_bundle_verifies_and_its_graphs_match_torch(dense_bundle):
     assert all(p["max_logit_change"] <= 1e-5 for p in report["passes"] if "before" in p)
 
 
-def test_the_bundle_runner_generates_what_qtf_edge_generate_does(dense_bundle):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "ai-edge-litert"])
+def test_the_bundle_runner_generates_what_qtf_edge_generate_does(dense_bundle, runtime):
     source, bundle, _ = dense_bundle
     run = runs.load_run(source)
     tokenizer = load_tokenizer(run.tokenizer_path)
     expected = generate(run.model, tokenizer, "The castle was", max_new_tokens=12,
                         temperature=0).token_ids
     prompt = tokenizer.encode("The castle was").ids
-    got = runner_module().generate(str(bundle), prompt, 12, temperature=0.0, stop_token_ids=())
+    got = runner_module().generate(str(bundle), prompt, 12, temperature=0.0, stop_token_ids=(),
+                                   runtime=runtime)
     assert got == expected
 
 

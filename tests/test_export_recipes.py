@@ -66,6 +66,7 @@ def test_edgetpu_recipe():
     quant = recipe.quantization["tflite_int8"]
     assert quant.mode == "full_integer" and quant.representative_dataset == "train"
     assert quant.float_output  # the vocabulary projection stays on the host, in float
+    assert quant.float_modules == ("CausalSelfAttention", "QuantumKernelAttention")
     # TFLite builtin names, as the .tflite file spells them, not ONNX ones
     assert {"FULLY_CONNECTED", "SOFTMAX", "RESHAPE", "TRANSPOSE"} <= set(recipe.accepted_ops)
     assert "MatMul" not in recipe.accepted_ops and "BATCH_MATMUL" not in recipe.accepted_ops
@@ -157,6 +158,10 @@ def _nested(outer, key, value):
      "quantization.onnx_int8.float_output", "only applies to mode full_integer"),
     (_set("quantization", {"onnx_int8": {"mode": "dynamic", "float_output": "yes"}}),
      "quantization.onnx_int8.float_output", "true or false"),
+    (_set("quantization", {"onnx_int8": {"mode": "dynamic", "float_modules": ["Block"]}}),
+     "quantization.onnx_int8.float_modules", "only applies to mode full_integer"),
+    (_set("quantization", {"onnx_int8": {"mode": "dynamic", "float_modules": ["a.b"]}}),
+     "quantization.onnx_int8.float_modules", "Python class names"),
     (_nested("constraints", "static_shapes", "yes"), "constraints.static_shapes", "true or false"),
     (_nested("constraints", "fast", True), "constraints.fast", "not a known constraint"),
     (_nested("validation", "float_top1_agreement", 1.5), "validation.float_top1_agreement",

@@ -49,6 +49,7 @@ from qtf_edge.export.tflite import (
     require_extra,
     validate_tflite,
 )
+from qtf_edge.export.tflite_ops import module_outputs
 from qtf_edge.export.validate import check_thresholds, validate_graphs
 from qtf_edge.runs import load_run
 from qtf_edge.train.budget import measure
@@ -225,7 +226,8 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
                     info = quantize_tflite_full_integer(
                         *paths, float_info,
                         representative_windows(quantization, options.calib, tokenizer, seq_len),
-                        ops=recipe.accepted_ops, float_output=quantization.float_output)
+                        ops=recipe.accepted_ops, float_output=quantization.float_output,
+                        float_ops=module_outputs(paths[0], model, quantization.float_modules))
                 else:
                     info = quantize_tflite_dynamic(*paths, float_info)
                 row = {"pass": name, "model": info}

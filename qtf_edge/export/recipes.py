@@ -76,7 +76,7 @@ QUANTIZATION_MODES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 _CALIBRATED_MODES = ("static", "full_integer")  # these need a representative dataset
 _QUANT_KEYS = ("mode", "representative_dataset", "representative_samples", "per_channel",
-               "float_output")
+               "float_output", "float_modules")
 
 RUNTIMES = ("onnxruntime", "ai-edge-litert", "tflite-runtime")
 _RUNTIME_FORMATS = {"onnxruntime": ONNX_FORMATS, "ai-edge-litert": TFLITE_FORMATS,
@@ -110,6 +110,8 @@ class Quantization:
     per_channel: per-output-channel weight scales (None: the quantiser's default).
     float_output: (full_integer) keep the op writing the graph output, the vocabulary
         projection, in float so the logits are not rounded to 256 levels.
+    float_modules: (full_integer) model classes whose own ops (not their sub-layers') stay
+        float, e.g. attention between the batched products a target runs on its CPU.
     """
 
     mode: str
@@ -117,6 +119,7 @@ class Quantization:
     representative_samples: int | None = None
     per_channel: bool | None = None
     float_output: bool = False
+    float_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -336,9 +339,18 @@ def _parse_quantization(raw: Any, formats: tuple[str, ...], path: Path
         if float_output and mode != "full_integer":
             raise _fail(path, f"{key}.float_output", f"only applies to mode full_integer, "
                                                      f"not {mode}")
+        float_modules = _str_list(entry.get("float_modules") or [], path,
+                                  f"{key}.float_modules", allow_empty=True)
+        bad = next((name for name in float_modules if not name.isidentifier()), None)
+        if bad is not None:
+            raise _fail(path, f"{key}.float_modules", f"must list Python class names, got "
+                                                      f"{bad!r}")
+        if float_modules and mode != "full_integer":
+            raise _fail(path, f"{key}.float_modules", f"only applies to mode full_integer, "
+                                                      f"not {mode}")
         out[fmt] = Quantization(mode=mode, representative_dataset=dataset,
                                 representative_samples=samples, per_channel=per_channel,
-                                float_output=float_output)
+                                float_output=float_output, float_modules=float_modules)
     return out
 
 

@@ -22,6 +22,7 @@ context are padded on the right, which a causal model's earlier positions never 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def quantize_tflite_dynamic(src: str | Path, dst: str | Path, float_info: dict) 
 
 def quantize_tflite_full_integer(src: str | Path, dst: str | Path, float_info: dict,
                                  windows: list[list[int]], ops: tuple[str, ...],
-                                 float_output: bool) -> dict:
+                                 float_output: bool,
+                                 float_ops: tuple[tuple[str, ...], ...] = ()) -> dict:
     """Write the full-integer form of the TFLite file `src` to `dst`: int8 weights and
     int8 activations (ai-edge-quantizer's static_wi8_ai8, per-channel weights), with
     activation ranges calibrated by running the float file on `windows` (each at least
@@ -120,7 +122,8 @@ def quantize_tflite_full_integer(src: str | Path, dst: str | Path, float_info: d
     they run on the host anyway, and some have no usable int8 kernel: an int8 DIV fails
     when a divisor rounds to its zero point). float_output: keep the op that writes the
     graph output (the vocabulary projection) in float, so the logits are not rounded to
-    256 levels."""
+    256 levels. float_ops: further ops to keep float, each given by its output names
+    (tflite_ops.module_outputs)."""
     quantizer = _require("ai_edge_quantizer.quantizer")
     recipes = _require("ai_edge_quantizer.recipe")
     supported = {op.name for op in recipes.TFLOperationName}
@@ -129,9 +132,12 @@ def quantize_tflite_full_integer(src: str | Path, dst: str | Path, float_info: d
         raise ValueError(f"full-integer quantisation: none of the target's ops "
                          f"({', '.join(ops)}) can be quantised by ai-edge-quantizer")
     (entry,) = recipes.static_wi8_ai8()
-    # Recipe entries match a tensor-name regex; the graph output's name is fixed by
-    # litert-torch's serving signature.
-    pattern = f"^(?!{OUTPUT_TENSOR_PREFIX}).*" if float_output else ".*"
+    # Recipe entries are regexes searched in an op's scope: its output tensor names, each
+    # followed by ";" (matched whole: litert-torch's fused names start with other ops'
+    # names). The graph output's name is fixed by litert-torch's serving signature.
+    excluded = [OUTPUT_TENSOR_PREFIX] if float_output else []
+    excluded += ["".join(re.escape(name) + ";" for name in names) + "$" for names in float_ops]
+    pattern = f"^(?!{'|'.join(excluded)}).*" if excluded else ".*"
     length = int(float_info["inputs"][0]["shape"][1])
     data = {SIGNATURE: [{INPUT_NAME: np.asarray(w[:length], dtype=np.int32)[None]}
                         for w in windows]}
@@ -145,7 +151,8 @@ def quantize_tflite_full_integer(src: str | Path, dst: str | Path, float_info: d
     write_bytes_atomic(dst, data)
     return {**float_info, "file": Path(dst).name, "bytes": len(data),
             "source_bytes": Path(src).stat().st_size, "quantized_ops": chosen,
-            "calibration_windows": len(windows), "float_output": float_output}
+            "calibration_windows": len(windows), "float_output": float_output,
+            "float_ops": len(float_ops)}
 
 
 class _Interpreter:

@@ -137,3 +137,12 @@ def read_ops(path, model: torch.nn.Module | None = None) -> list[TFLiteOp]:
                             inputs=inputs, outputs=outputs,
                             flops=_flops(op["op_name"], inputs, outputs)))
     return ops
+
+
+def module_outputs(path, model: torch.nn.Module, class_names: tuple[str, ...]
+                   ) -> list[tuple[str, ...]]:
+    """Per op of the .tflite file at `path` that a module of one of these classes makes
+    itself (its sub-layers' ops excluded): the names of its outputs."""
+    modules = dict(model.named_modules())
+    return [tuple(tensor.name for tensor in op.outputs) for op in read_ops(path, model)
+            if op.layer in modules and type(modules[op.layer]).__name__ in class_names]
