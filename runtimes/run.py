@@ -41,6 +41,7 @@ import json
 import os
 import re
 import sys
+import time
 
 try:
     import numpy as np
@@ -68,6 +69,7 @@ EDGETPU_MODEL = "model_int8_edgetpu.tflite"  # edgetpu_compiler names it <input>
 EDGETPU_LIBRARIES = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib",
                      "win32": "edgetpu.dll"}
 RUNTIMES = ("onnxruntime", "ai-edge-litert", "tflite-runtime")
+RAPL_ROOT = "/sys/class/powercap"  # Linux powercap: RAPL energy counters, where exposed
 RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert.interpreter",
                    "tflite-runtime": "tflite_runtime.interpreter"}
 
@@ -448,6 +450,62 @@ def _pick(logits, temperature, top_k, top_p, rng):
     return int(rng.choice(probs.size, p=probs))
 
 
+class Generator:
+    """A bundle opened for generation: manifest checked, runtime chosen, graphs loaded once.
+
+    verify: check the bundle against its manifest first (BundleError if it does not match).
+    runtime: see choose_runtime. on_note(line) is told what the user should know (where an
+    Edge TPU bundle runs).
+    """
+
+    def __init__(self, bundle, int8=False, threads=0, runtime="auto", verify=True,
+                 on_note=None):
+        if np is None:
+            raise RuntimeError("the 'numpy' package is missing: pip install numpy")
+        manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
+        self.runtime, module = choose_runtime(manifest, runtime)
+        self.vocab, self.context = manifest["vocab_size"], manifest["context_length"]
+        if self.runtime == "onnxruntime":
+            self.graphs = _Graphs(module, bundle, int8=int8, threads=threads)
+        else:
+            self.graphs = _Window(module, bundle, manifest, int8=int8, threads=threads,
+                                  note=on_note)
+
+    def __call__(self, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
+                 seed=None, stop_token_ids=(), on_token=None, timings=None):
+        """Up to max_new_tokens new token ids after prompt_ids (see `generate`); timings, a
+        list, gets the seconds of each graph call (prefill first, then one per decode)."""
+        check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, None)
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        bad = [i for i in ids if not 0 <= i < self.vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary "
+                             f"(0..{self.vocab - 1})")
+        ids = ids[-(self.context - 1):] if self.context > 1 else ids[-1:]
+        stops = {int(t) for t in stop_token_ids}
+        rng = np.random.default_rng(seed)
+        clock = time.perf_counter
+        new = []
+        start = clock()
+        logits, past = self.graphs.run_prefill(ids)
+        while True:
+            if timings is not None:
+                timings.append(clock() - start)
+            token = _pick(logits, temperature, top_k, top_p, rng)
+            if token in stops:
+                break
+            new.append(token)
+            if on_token is not None:
+                on_token(token)
+            if len(new) >= max_new_tokens or len(ids) + len(new) >= self.context:
+                break
+            start = clock()
+            logits, past = self.graphs.run_decode(token, past)
+        return new
+
+
 def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
              seed=None, int8=False, *, threads=0, stop_token_ids=(), on_token=None,
              verify=True, runtime="auto", on_note=None):
@@ -457,43 +515,118 @@ def generate(bundle, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p
     are sampled with numpy's Generator(seed) (seed None: not reproducible). The prompt
     keeps its last context_length - 1 ids and generation stops when prompt + new ids reach
     the manifest's context_length, or at a token in stop_token_ids (not returned).
-    on_token(id) is called for each new id as it comes. verify: check the bundle against
-    its manifest first (BundleError if it does not match). runtime: see choose_runtime;
-    on_note(line) is told what the user should know (where an Edge TPU bundle runs).
+    on_token(id) is called for each new id as it comes. verify, runtime, on_note: see
+    Generator.
     """
-    if np is None:
-        raise RuntimeError("the 'numpy' package is missing: pip install numpy")
     check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, threads)
-    manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
-    name, module = choose_runtime(manifest, runtime)
-    ids = [int(i) for i in prompt_ids]
-    if not ids:
-        raise ValueError("the prompt has no tokens")
-    vocab, context = manifest["vocab_size"], manifest["context_length"]
-    bad = [i for i in ids if not 0 <= i < vocab]
-    if bad:
-        raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
-    ids = ids[-(context - 1):] if context > 1 else ids[-1:]
-    stops = {int(t) for t in stop_token_ids}
-    rng = np.random.default_rng(seed)
-    if name == "onnxruntime":
-        graphs = _Graphs(module, bundle, int8=int8, threads=threads)
-    else:
-        graphs = _Window(module, bundle, manifest, int8=int8, threads=threads, note=on_note)
+    generator = Generator(bundle, int8=int8, threads=threads, runtime=runtime, verify=verify,
+                          on_note=on_note)
+    return generator(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                     stop_token_ids=stop_token_ids, on_token=on_token)
 
-    new = []
-    logits, past = graphs.run_prefill(ids)
-    while True:
-        token = _pick(logits, temperature, top_k, top_p, rng)
-        if token in stops:
-            break
-        new.append(token)
-        if on_token is not None:
-            on_token(token)
-        if len(new) >= max_new_tokens or len(ids) + len(new) >= context:
-            break
-        logits, past = graphs.run_decode(token, past)
-    return new
+
+# ---------------------------------------------------------------------------- benchmark
+
+def read_rapl(root=RAPL_ROOT):
+    """{zone: (energy_uj, max_energy_range_uj)} of the readable top-level RAPL zones
+    (intel-rapl:N, one per CPU package; AMD CPUs appear under the same name) in the Linux
+    powercap folder `root`; {} where there are none or they are not readable."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return {}
+    zones = {}
+    for name in names:
+        if not re.fullmatch(r"intel-rapl:\d+", name):
+            continue  # sub-zones (intel-rapl:0:1, core/dram) are inside their package
+        try:
+            with open(os.path.join(root, name, "energy_uj")) as f:
+                energy = int(f.read())
+            with open(os.path.join(root, name, "max_energy_range_uj")) as f:
+                wrap = int(f.read())
+        except (OSError, ValueError):
+            continue
+        zones[name] = (energy, wrap)
+    return zones
+
+
+def rapl_joules(before, after):
+    """Joules the zones used between two read_rapl readings (a counter that wrapped
+    around once is unwrapped); None unless both readings have the same zones."""
+    if not before or set(before) != set(after):
+        return None
+    total = 0
+    for zone, (start, wrap) in before.items():
+        end = after[zone][0]
+        total += end - start if end >= start else end + wrap - start
+    return total / 1e6
+
+
+def _stats(values_s):
+    ordered = sorted(values_s)
+    if not ordered:
+        return None
+    def at(q):  # nearest-rank percentile
+        return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 1)) - 1))]
+    return {"median": 1e3 * at(0.5), "p90": 1e3 * at(0.9), "n": len(ordered)}
+
+
+def _peak_rss_mb():
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def bench(generator, prompt_ids, max_new_tokens, runs, rapl_root=RAPL_ROOT):
+    """Greedy generation `runs` times: prefill ms and decode ms per token (median, p90),
+    new tokens per second of generation, peak RSS, and RAPL energy where readable."""
+    prefill, decode, tokens = [], [], 0
+    generator(prompt_ids, 1)  # warm-up: first-call allocations are not the steady state
+    before = read_rapl(rapl_root)
+    start = time.perf_counter()
+    for _ in range(runs):
+        timings = []
+        tokens += len(generator(prompt_ids, max_new_tokens, timings=timings))
+        prefill.append(timings[0])
+        decode.extend(timings[1:])
+    elapsed = time.perf_counter() - start
+    joules = rapl_joules(before, read_rapl(rapl_root))
+    if joules is None:
+        energy = {"measured": False,
+                  "reason": f"no readable RAPL counters under {rapl_root}"}
+    else:
+        energy = {"measured": True, "joules": joules,
+                  "joules_per_token": joules / tokens if tokens else None,
+                  "source": f"RAPL package counters ({rapl_root}): the whole CPU package "
+                            f"while generating, other processes included"}
+    return {"runtime": generator.runtime, "runs": runs, "prompt_tokens": len(prompt_ids),
+            "new_tokens": tokens, "prefill_ms": _stats(prefill),
+            "decode_ms_per_token": _stats(decode),
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
+            "peak_rss_mb": _peak_rss_mb(), "energy": energy}
+
+
+def format_bench(result):
+    """The bench result as lines of text."""
+    def ms(stats):
+        return "-" if stats is None else (f"{stats['median']:.2f} ms median, "
+                                          f"{stats['p90']:.2f} ms p90 (n={stats['n']})")
+    energy = result["energy"]
+    rss = result["peak_rss_mb"]
+    return "\n".join([
+        f"runtime            {result['runtime']}, {result['runs']} runs, "
+        f"{result['prompt_tokens']}-token prompt",
+        f"prefill            {ms(result['prefill_ms'])}",
+        f"decode per token   {ms(result['decode_ms_per_token'])}",
+        f"tokens/s           {result['tokens_per_s']:.1f} ({result['new_tokens']} new tokens, "
+        f"prefill included)",
+        "peak RSS           " + ("-" if rss is None else f"{rss:.1f} MiB"),
+        "energy per token   " + (f"{energy['joules_per_token']:.4f} J ({energy['source']})"
+                                 if energy["measured"] else f"not measured: {energy['reason']}"),
+    ])
 
 
 # ---------------------------------------------------------------------------- command line
@@ -509,7 +642,13 @@ def _parser():
                                            "tokenizers and onnxruntime, ai-edge-litert or "
                                            "tflite-runtime; no torch).")
     p.add_argument("bundle", help="the bundle folder (holds manifest.json)")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--prompt", default=None, help="text to continue")
+    p.add_argument("--interactive", action="store_true",
+                   help="read prompts from standard input, one per line (Ctrl-D ends)")
+    p.add_argument("--bench", type=int, default=0, metavar="N",
+                   help="time N greedy generations of --max-new-tokens after --prompt: "
+                        "prefill and per-token decode ms (median, p90), tokens/s, peak "
+                        "RSS, and energy per token where RAPL counters are readable")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens to generate (default: generation.json)")
     p.add_argument("--temperature", type=float, default=None,
@@ -570,75 +709,138 @@ class _Stream:
         self.out.flush()
 
 
+def _check_text(text, flag):
+    """ValueError unless text is non-empty UTF-8 (argv undecodable as UTF-8 arrives holding
+    lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag} is not valid UTF-8 text") from None
+    if not text.strip():
+        raise ValueError(f"{flag} is empty; expected text to continue")
+
+
+def _load_tokenizer(folder):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise RuntimeError("the 'tokenizers' package is missing: pip install tokenizers") \
+            from None
+    path = os.path.join(folder, "tokenizer.json")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise _fail(path, f"cannot be loaded ({_one_line(e)[:200]})") from None
+
+
+def _settings(args, folder):
+    settings = _read_generation(folder)
+    for key in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    check_generation_settings(*(settings[k] for k in (
+        "max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads")))
+    return settings
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     folder = args.bundle
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.exists(folder) else "not found"
         return _error(f"{folder}: {what}; expected a bundle folder")
-    if not args.prompt.strip():
-        return _error("--prompt is empty; expected text to continue")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if np is None:
-        return _error("the 'numpy' package is missing: pip install numpy")
+    if args.prompt is None and not args.interactive:
+        return _error("give --prompt TEXT (or --interactive)")
+    if args.interactive and args.bench:
+        return _error("--bench and --interactive do not go together")
+    note = (lambda line: None) if args.quiet else (
+        lambda line: sys.stderr.write(f"run.py: note: {line}\n"))
     try:
+        if args.prompt is not None:
+            _check_text(args.prompt, "--prompt")
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        if np is None:
+            raise RuntimeError("the 'numpy' package is missing: pip install numpy")
         manifest = verify_bundle(folder)
-        settings = _read_generation(folder)
-    except BundleError as e:
+        context = manifest["context_length"]
+        if args.max_new_tokens is not None and args.max_new_tokens > context - 1:
+            raise ValueError(f"--max-new-tokens {args.max_new_tokens} is beyond the context: "
+                             f"this model sees {context} tokens, the prompt's included")
+        settings = _settings(args, folder)
+        tokenizer = _load_tokenizer(folder)
+        generator = Generator(folder, args.int8, settings["threads"], args.runtime,
+                              verify=False, on_note=note)
+        if args.interactive:
+            return _interactive(generator, tokenizer, settings, args, note)
+        ids = _prompt_ids(tokenizer, args.prompt, context, note)
+        if args.bench:
+            result = bench(generator, ids, settings["max_new_tokens"], args.bench)
+            sys.stdout.write((json.dumps(result) if args.json else format_bench(result)) + "\n")
+            return 0
+        _complete(generator, tokenizer, settings, args, ids, note)
+    except (BundleError, ValueError, RuntimeError) as e:
         return _error(e)
-    for key in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    try:
-        check_generation_settings(*(settings[k] for k in (
-            "max_new_tokens", "temperature", "top_k", "top_p", "seed", "threads")))
-    except ValueError as e:
-        return _error(e)
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return _error("the 'tokenizers' package is missing: pip install tokenizers")
-    try:
-        tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
-        return _error(f"{os.path.join(folder, 'tokenizer.json')}: cannot be loaded "
-                      f"({_one_line(e)[:200]})")
+    return 0
 
-    ids = tokenizer.encode(args.prompt).ids
+
+def _prompt_ids(tokenizer, text, context, note):
+    ids = tokenizer.encode(text).ids
     if not ids:
-        return _error("--prompt encodes to no tokens; expected text to continue")
-    context = manifest["context_length"]
+        raise ValueError("the prompt encodes to no tokens; expected text to continue")
     keep = max(context - 1, 1)
     if len(ids) > keep:
+        note(f"the prompt is longer than the context ({context} tokens); keeping its last "
+             f"{keep} tokens")
         ids = ids[-keep:]
-        if not args.quiet:
-            sys.stderr.write(f"run.py: note: the prompt is longer than the context "
-                             f"({context} tokens); keeping its last {keep} tokens\n")
+    return ids
+
+
+def _complete(generator, tokenizer, settings, args, ids, note, prompt=None):
+    """Generate after ids, streaming text (or one JSON line with --json)."""
     stream = None if args.json else _Stream(tokenizer, ids, sys.stdout)
-    def note(line):
-        if not args.quiet:
-            sys.stderr.write(f"run.py: note: {line}\n")
     try:
-        new = generate(folder, ids, settings["max_new_tokens"], settings["temperature"],
-                       settings["top_k"], settings["top_p"], settings["seed"], args.int8,
-                       threads=settings["threads"], stop_token_ids=settings["stop_token_ids"],
-                       on_token=stream, verify=False, runtime=args.runtime, on_note=note)
-    except (BundleError, ValueError, RuntimeError) as e:
+        new = generator(ids, settings["max_new_tokens"], settings["temperature"],
+                        settings["top_k"], settings["top_p"], settings["seed"],
+                        stop_token_ids=settings["stop_token_ids"], on_token=stream)
+    except (BundleError, ValueError, RuntimeError):
         if stream is not None and stream.shown is not None:
             sys.stdout.write("\n")
-        return _error(e)
+        raise
     if stream is not None:
         stream.finish()
     else:
-        result = {"prompt": args.prompt, "text": tokenizer.decode(new), "tokens": ids + new,
+        result = {"prompt": args.prompt if prompt is None else prompt,
+                  "text": tokenizer.decode(new), "tokens": ids + new,
                   "prompt_tokens": len(ids), "new_tokens": len(new)}
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-    if not args.quiet and len(new) < settings["max_new_tokens"] \
-            and len(ids) + len(new) >= context:
-        sys.stderr.write(f"run.py: note: stopped at the context length ({context} tokens)\n")
-    return 0
+        sys.stdout.flush()
+    if len(new) < settings["max_new_tokens"] and len(ids) + len(new) >= generator.context:
+        note(f"stopped at the context length ({generator.context} tokens)")
+
+
+def _interactive(generator, tokenizer, settings, args, note):
+    """A prompt loop on stdin: one prompt per line; an empty line is skipped; end of input
+    (Ctrl-D) or /quit ends it."""
+    tty = sys.stdin.isatty()
+    while True:
+        if tty:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            return 0
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ValueError("standard input is not valid UTF-8 text") from None
+        if text.strip() == "/quit":
+            return 0
+        if not text.strip():
+            continue
+        ids = _prompt_ids(tokenizer, text, generator.context, note)
+        _complete(generator, tokenizer, settings, args, ids, note, prompt=text)
 
 
 if __name__ == "__main__":

@@ -447,3 +447,83 @@ def test_runner_without_tokenizers_says_how_to_install(bundle):
                           check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "pip install tokenizers" in done.stderr
+
+
+def test_runner_refuses_too_many_tokens_and_non_utf8(bundle):
+    context = json.loads((bundle / "manifest.json").read_text())["context_length"]
+    done = _run(bundle, str(bundle), "--prompt", "hi", "--max-new-tokens", str(context))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "beyond the context" in done.stderr
+    done = subprocess.run([sys.executable, "-c", _POISONED, str(bundle / "run.py"), str(bundle),
+                           "--prompt", b"caf\xe9"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "--prompt is not valid UTF-8" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_runner_interactive_answers_each_line(bundle):
+    base = [sys.executable, "-c", _POISONED, str(bundle / "run.py"), str(bundle),
+            "--interactive", "--json", "--max-new-tokens", "3"]
+    done = subprocess.run(base, input=b"The castle\n\nwas\n/quit\nnever read\n",
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [a["prompt"] for a in answers] == ["The castle", "was"]  # blank line skipped
+    assert all(a["new_tokens"] == 3 for a in answers)
+    done = subprocess.run(base, input=b"ok\n\xff\xfe\n", capture_output=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2 and b"standard input is not valid UTF-8" in done.stderr
+    assert len(done.stdout.decode().splitlines()) == 1  # the line before was answered
+
+
+def test_runner_bench_reports_latency_memory_and_energy_status(bundle):
+    done = _run(bundle, str(bundle), "--prompt", "The castle was", "--bench", "2",
+                "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["runs"] == 2 and result["new_tokens"] == 8
+    assert result["prefill_ms"]["n"] == 2 and result["decode_ms_per_token"]["n"] == 6
+    assert 0 < result["prefill_ms"]["median"] <= result["prefill_ms"]["p90"]
+    assert result["tokens_per_s"] > 0 and result["peak_rss_mb"] > 0
+    energy = result["energy"]  # this machine's RAPL counters are not exposed, CI's neither
+    assert energy["measured"] == bool(runner_module().read_rapl()), energy
+    text = _run(bundle, str(bundle), "--prompt", "The castle was", "--bench", "1",
+                "--max-new-tokens", "2")
+    assert text.returncode == 0 and "decode per token" in text.stdout
+
+
+def _rapl_zone(root: Path, name: str, energy_uj: int | None, wrap_uj: int = 262143328850):
+    zone = root / name
+    zone.mkdir(parents=True, exist_ok=True)
+    if energy_uj is not None:
+        (zone / "energy_uj").write_text(f"{energy_uj}\n")
+    (zone / "max_energy_range_uj").write_text(f"{wrap_uj}\n")
+    (zone / "name").write_text("package-0\n")
+
+
+def test_rapl_reader_on_a_powercap_fixture(tmp_path):
+    runner = runner_module()
+    before, after = tmp_path / "before", tmp_path / "after"
+    for root, package0, package1 in ((before, 5_000_000, 1_000), (after, 7_500_000, 500)):
+        _rapl_zone(root, "intel-rapl:0", package0)
+        _rapl_zone(root, "intel-rapl:0:0", 1)        # a sub-zone (core): inside package 0
+        _rapl_zone(root, "intel-rapl:1", package1, wrap_uj=2_000)  # wraps around once
+        _rapl_zone(root, "intel-rapl:2", None)       # unreadable: skipped
+        (root / "intel-rapl-mmio:0").mkdir()         # another interface: ignored
+    readings = runner.read_rapl(before), runner.read_rapl(after)
+    assert set(readings[0]) == {"intel-rapl:0", "intel-rapl:1"}
+    # package 0 used 2.5 J; package 1 went 1000 -> wrap at 2000 -> 500: 1500 uJ
+    assert runner.rapl_joules(*readings) == pytest.approx(2.5 + 0.0015)
+    assert runner.rapl_joules({}, {}) is None
+    assert runner.rapl_joules(readings[0], {"intel-rapl:0": readings[1]["intel-rapl:0"]}) is None
+    assert runner.read_rapl(tmp_path / "absent") == {}
+
+
+def test_bench_uses_rapl_where_readable(bundle, tmp_path):
+    _rapl_zone(tmp_path, "intel-rapl:0", 42)  # a counter that does not move: 0 J
+    generator = runner_module().Generator(bundle)
+    result = runner_module().bench(generator, [1, 2, 3], 3, 2, rapl_root=tmp_path)
+    assert result["energy"]["measured"] and result["energy"]["joules_per_token"] == 0.0
+    assert str(tmp_path) in result["energy"]["source"]
+    missing = runner_module().bench(generator, [1, 2, 3], 3, 1, rapl_root=tmp_path / "none")
+    assert not missing["energy"]["measured"] and "none" in missing["energy"]["reason"]
