@@ -207,7 +207,7 @@ def test_round_trip_and_manifest(bundle, parts):
     names = {e["path"] for e in manifest["files"]}
     assert names == {"prefill.onnx", "decode.onnx", "prefill_int8.onnx", "decode_int8.onnx",
                      "tokenizer.json", "config.json", "generation.json", "run.py",
-                     "README.txt"}
+                     "README.txt", "requirements.txt"}
     for entry in manifest["files"]:
         assert entry["bytes"] == (bundle / entry["path"]).stat().st_size
     assert (bundle / "run.py").read_bytes() == RUNNER.read_bytes()
@@ -228,7 +228,9 @@ def test_round_trip_and_manifest(bundle, parts):
     assert generation["stop_token_ids"] == [0]  # <|endoftext|> of the tokenizer
     readme = (bundle / "README.txt").read_text()
     assert 'python3 run.py . --prompt "The castle was"' in readme
-    assert "pip install numpy onnxruntime tokenizers" in readme
+    assert "pip install -r requirements.txt" in readme
+    assert (bundle / "requirements.txt").read_text() == (
+        data_dir("runtimes") / "requirements-onnxruntime.txt").read_text()
     assert _hidden(bundle.parent) == []  # no staging folder left behind
 
 

@@ -11,6 +11,7 @@ A bundle holds
                                        threads, stop_token_ids)
     run.py                             a copy of runtimes/run.py: the torch-free runner
     README.txt                         the command to run on the device
+    requirements.txt                   what the device installs (runtimes/requirements-*.txt)
     manifest.json                      written last: sha256 and size of every file above,
                                        graph I/O, context length, vocabulary size, source
                                        checkpoint, validation results, tool versions
@@ -59,7 +60,8 @@ RUNNER_FILE = "run.py"
 README_FILE = "README.txt"
 GENERATION_FILE = "generation.json"
 # Written by write_bundle itself; a caller may not pass files with these names.
-GENERATED_FILES = (RUNNER_FILE, README_FILE, GENERATION_FILE, MANIFEST_FILE)
+REQUIREMENTS_FILE = "requirements.txt"  # runtimes/requirements-<runtime>.txt, for pip
+GENERATED_FILES = (RUNNER_FILE, README_FILE, GENERATION_FILE, REQUIREMENTS_FILE, MANIFEST_FILE)
 TOOL_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy",
                       "tokenizers", "litert-torch", "ai-edge-quantizer", "ai-edge-litert",
                       "qtf-edge")
@@ -97,6 +99,14 @@ BundleError = runner_module().BundleError  # a ValueError; one line naming the b
 GENERATION_DEFAULTS = dict(runner_module().GENERATION_DEFAULTS)
 BUNDLE_FORMAT = runner_module().BUNDLE_FORMAT
 FORMAT_VERSION = runner_module().FORMAT_VERSION
+
+
+def requirements_file(runtime: str) -> Path:
+    """runtimes/requirements-<runtime>.txt: what a device installs to run a bundle."""
+    path = data_dir("runtimes") / f"requirements-{runtime}.txt"
+    if not path.is_file():
+        raise ValueError(f"runtime {runtime!r} has no {path.name} in {path.parent}")
+    return path
 
 
 def verify_bundle(folder: str | os.PathLike) -> dict:
@@ -293,13 +303,12 @@ def _tool_versions() -> dict:
 
 def _readme(target: str, runtime: str, created: str, int8: bool,
             compiler_command: str | None) -> str:
-    packages = f"numpy {runtime} tokenizers"  # runtime names are their PyPI package names
     lines = [
         f"qtf-edge bundle for target '{target}' (runtime: {runtime}), created {created}.",
         "",
         "On the device, in this folder (Python 3.8 or newer; no torch needed):",
         "",
-        f"    pip install {packages}",
+        f"    pip install -r {REQUIREMENTS_FILE}      # numpy, {runtime}, tokenizers",
         '    python3 run.py . --prompt "The castle was"',
         "",
         "Options: --max-new-tokens N, --temperature T (0 = greedy), --top-k K, --top-p P,",
@@ -340,7 +349,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
 
     files: bundle file name -> source path, copied as they are: the model files
         (prefill.onnx, decode.onnx, optional *_int8.onnx or *.tflite), tokenizer.json and
-        config.json. run.py, README.txt, generation.json and manifest.json are written here.
+        config.json. run.py, README.txt, generation.json, requirements.txt and manifest.json
+        are written here.
     manifest_fields:
         target, runtime (str); context_length, vocab_size (int);
         graphs: artifact name -> {"file", "inputs", "outputs"} (see `graph_io`);
@@ -372,6 +382,7 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
         for name, path in sources.items():
             shutil.copyfile(path, tmp / name)
         shutil.copyfile(data_dir("runtimes") / RUNNER_FILE, tmp / RUNNER_FILE)
+        shutil.copyfile(requirements_file(fields["runtime"]), tmp / REQUIREMENTS_FILE)
         write_json_atomic(tmp / GENERATION_FILE, generation)
         write_text_atomic(tmp / README_FILE,
                           _readme(fields["target"], fields["runtime"], created, int8,
