@@ -43,3 +43,17 @@ def tiny_model(dense: bool = False, context_length: int = 32, seed: int = 0) -> 
 def make_run(path: Path, dense: bool = False) -> Path:
     return runs.save_run(path, tiny_model(dense), tokenizer_json().encode(),
                          command="tests: untrained tiny model")
+
+
+# Export settings small enough for tests: validation on 512 tokens, one short decode check.
+FAST_EXPORT = dict(eval_tokens=512, decode_windows=1, decode_steps=4)
+
+
+def export_dense_run(root: Path, target: str) -> tuple[Path, Path, dict]:
+    """A dense run under root/dense exported for `target` to root/bundle: (run, bundle,
+    the export report)."""
+    from qtf_edge.export.pipeline import ExportOptions, export_run
+
+    source = make_run(root / "dense", dense=True)
+    report = export_run(source, root / "bundle", ExportOptions(target=target, **FAST_EXPORT))
+    return source, root / "bundle", report

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_factory import make_run, tiny_model
+from run_factory import FAST_EXPORT, export_dense_run, make_run, tiny_model
 
 from qtf_edge import runs
 from qtf_edge.export.bundle import runner_module, verify_bundle
@@ -18,7 +18,6 @@ from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.export.recipes import load_recipe
 from qtf_edge.export.tflite_ops import GRAPH_OUTPUT, TFLiteOp, TFLiteTensor, layer_of, read_ops
 
-FAST = dict(eval_tokens=512, decode_windows=1, decode_steps=4)
 EDGETPU = load_recipe("edgetpu")
 
 
@@ -93,10 +92,7 @@ def test_layer_names_come_from_litert_scopes():
 
 @pytest.fixture(scope="module")
 def edgetpu_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("edgetpu")
-    source = make_run(root / "dense", dense=True)
-    report = export_run(source, root / "bundle", ExportOptions(target="edgetpu", **FAST))
-    return source, root / "bundle", report
+    return export_dense_run(tmp_path_factory.mktemp("edgetpu"), "edgetpu")
 
 
 def test_edgetpu_bundle_is_full_integer_validated_and_checked(edgetpu_bundle):
@@ -141,7 +137,7 @@ def test_an_onnx_op_the_target_does_not_list_is_refused(tmp_path):
     source = make_run(tmp_path / "dense", dense=True)
     with pytest.raises(ValueError, match=r"target strict cannot run the ONNX op Gather "
                                          r"\(layer token_embedding, prefill.onnx\)"):
-        export_run(source, tmp_path / "bundle", ExportOptions(target=str(recipe), **FAST))
+        export_run(source, tmp_path / "bundle", ExportOptions(target=str(recipe), **FAST_EXPORT))
     assert not (tmp_path / "bundle").exists()
 
 

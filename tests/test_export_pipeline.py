@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 import yaml
-from run_factory import VOCAB, make_run, tiny_config, tiny_model, tokenizer_json
+from run_factory import (
+    FAST_EXPORT,
+    VOCAB,
+    export_dense_run,
+    make_run,
+    tiny_config,
+    tiny_model,
+    tokenizer_json,
+)
 
 from cli_helpers import assert_one_line_error, invoke
 from qtf_edge import runs
@@ -22,7 +30,6 @@ from qtf_edge.generate import generate
 from qtf_edge.model import QTensorFormer
 from qtf_edge.tt import TTLinear
 
-FAST = dict(eval_tokens=512, decode_windows=1, decode_steps=4)
 
 
 def tt_only_model(seed=0) -> QTensorFormer:
@@ -102,10 +109,7 @@ def test_lowering_respects_the_size_cap_and_masks(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dense_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    source = make_run(root / "dense", dense=True)
-    report = export_run(source, root / "bundle", ExportOptions(target="rpi", **FAST))
-    return source, root / "bundle", report
+    return export_dense_run(tmp_path_factory.mktemp("export"), "rpi")
 
 
 def test_bundle_verifies_and_its_graphs_match_torch(dense_bundle):
@@ -154,7 +158,7 @@ def test_a_failed_validation_writes_no_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "validate_graphs", flipped)
     source = make_run(tmp_path / "dense", dense=True)
     with pytest.raises(ValueError, match="top-1 agreement with torch 0.5000"):
-        export_run(source, tmp_path / "bundle", ExportOptions(target="cpu", **FAST))
+        export_run(source, tmp_path / "bundle", ExportOptions(target="cpu", **FAST_EXPORT))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
 
 

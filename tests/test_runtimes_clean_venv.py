@@ -12,11 +12,10 @@ import json
 
 import pytest
 from device_envs import device_python, run
-from run_factory import make_run
+from run_factory import export_dense_run
 
 from qtf_edge import runs
 from qtf_edge.data import load_tokenizer
-from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.generate import generate
 
 pytestmark = pytest.mark.slow
@@ -28,14 +27,11 @@ NEW_TOKENS = 10
 def bundle(tmp_path_factory):
     """A dense run exported for rpi (ONNX and TFLite, float and int8), and the tokens
     qtf-edge generate gives greedily for PROMPT."""
-    root = tmp_path_factory.mktemp("device")
-    source = make_run(root / "dense", dense=True)
-    export_run(source, root / "bundle", ExportOptions(target="rpi", eval_tokens=512,
-                                                      decode_windows=1, decode_steps=4))
+    source, folder, _ = export_dense_run(tmp_path_factory.mktemp("device"), "rpi")
     loaded = runs.load_run(source)
     expected = generate(loaded.model, load_tokenizer(loaded.tokenizer_path), PROMPT,
                         max_new_tokens=NEW_TOKENS, temperature=0).token_ids
-    return root / "bundle", expected
+    return folder, expected
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "ai-edge-litert", "tflite-runtime"])
