@@ -720,15 +720,32 @@ def _check_text(text, flag):
         raise ValueError(f"{flag} is empty; expected text to continue")
 
 
-def _load_tokenizer(folder):
+def _tokenizer_class(note):
+    """tokenizers.Tokenizer, or without that wheel the pure-Python byte-level BPE reader
+    that travels beside this file (byte_bpe.py)."""
     try:
         from tokenizers import Tokenizer
+        return Tokenizer
     except ImportError:
-        raise RuntimeError("the 'tokenizers' package is missing: pip install tokenizers") \
-            from None
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        from byte_bpe import ByteLevelBPE
+    except ImportError:
+        raise RuntimeError("the 'tokenizers' package is missing (and byte_bpe.py is not "
+                           "beside run.py): pip install tokenizers") from None
+    note("the 'tokenizers' package is missing; using the pure-Python byte-level BPE reader "
+         "(byte_bpe.py; same ids, slower): pip install tokenizers for speed")
+    return ByteLevelBPE
+
+
+def _load_tokenizer(folder, note=lambda line: None):
+    tokenizer_class = _tokenizer_class(note)
     path = os.path.join(folder, "tokenizer.json")
     try:
-        return Tokenizer.from_file(path)
+        return tokenizer_class.from_file(path)
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
         raise _fail(path, f"cannot be loaded ({_one_line(e)[:200]})") from None
 
@@ -769,7 +786,7 @@ def main(argv=None):
             raise ValueError(f"--max-new-tokens {args.max_new_tokens} is beyond the context: "
                              f"this model sees {context} tokens, the prompt's included")
         settings = _settings(args, folder)
-        tokenizer = _load_tokenizer(folder)
+        tokenizer = _load_tokenizer(folder, note)
         generator = Generator(folder, args.int8, settings["threads"], args.runtime,
                               verify=False, on_note=note)
         if args.interactive:

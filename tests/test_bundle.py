@@ -207,7 +207,7 @@ def test_round_trip_and_manifest(bundle, parts):
     names = {e["path"] for e in manifest["files"]}
     assert names == {"prefill.onnx", "decode.onnx", "prefill_int8.onnx", "decode_int8.onnx",
                      "tokenizer.json", "config.json", "generation.json", "run.py",
-                     "README.txt", "requirements.txt"}
+                     "README.txt", "requirements.txt", "byte_bpe.py"}
     for entry in manifest["files"]:
         assert entry["bytes"] == (bundle / entry["path"]).stat().st_size
     assert (bundle / "run.py").read_bytes() == RUNNER.read_bytes()
@@ -440,15 +440,21 @@ def test_runner_refuses_missing_and_tampered_bundles(bundle, tmp_path):
     assert "prefill.onnx" in done.stderr and "sha256" in done.stderr
 
 
-def test_runner_without_tokenizers_says_how_to_install(bundle):
+def test_runner_without_tokenizers_falls_back_to_pure_python_bpe(bundle):
     poisoned = _POISONED.replace("sys.modules['qtf_edge'] = None;",
                                  "sys.modules['qtf_edge'] = None; "
                                  "sys.modules['tokenizers'] = None;")
-    done = subprocess.run([sys.executable, "-c", poisoned, str(bundle / "run.py"), str(bundle),
-                           "--prompt", "hi"], capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "pip install tokenizers" in done.stderr
+    args = [str(bundle / "run.py"), str(bundle), "--prompt", "The castle was", "--json"]
+    done = subprocess.run([sys.executable, "-c", poisoned, *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "pure-Python byte-level BPE" in done.stderr and "pip install tokenizers" in done.stderr
+    with_wheel = _run(bundle, *args[1:])
+    assert json.loads(done.stdout) == json.loads(with_wheel.stdout)  # same ids, same text
+    (bundle / "byte_bpe.py").unlink()  # an incomplete bundle is refused before that
+    done = subprocess.run([sys.executable, "-c", poisoned, *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "byte_bpe.py" in done.stderr
 
 
 def test_runner_refuses_too_many_tokens_and_non_utf8(bundle):

@@ -10,6 +10,7 @@ A bundle holds
                                        temperature (0 = greedy), top_k, top_p, seed,
                                        threads, stop_token_ids)
     run.py                             a copy of runtimes/run.py: the torch-free runner
+    byte_bpe.py                        its tokenizer where the `tokenizers` wheel is absent
     README.txt                         the command to run on the device
     requirements.txt                   what the device installs (runtimes/requirements-*.txt)
     manifest.json                      written last: sha256 and size of every file above,
@@ -60,8 +61,10 @@ RUNNER_FILE = "run.py"
 README_FILE = "README.txt"
 GENERATION_FILE = "generation.json"
 # Written by write_bundle itself; a caller may not pass files with these names.
+TOKENIZER_FALLBACK_FILE = "byte_bpe.py"  # run.py's tokenizer where `tokenizers` is absent
 REQUIREMENTS_FILE = "requirements.txt"  # runtimes/requirements-<runtime>.txt, for pip
-GENERATED_FILES = (RUNNER_FILE, README_FILE, GENERATION_FILE, REQUIREMENTS_FILE, MANIFEST_FILE)
+GENERATED_FILES = (RUNNER_FILE, TOKENIZER_FALLBACK_FILE, README_FILE, GENERATION_FILE,
+                   REQUIREMENTS_FILE, MANIFEST_FILE)
 TOOL_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy",
                       "tokenizers", "litert-torch", "ai-edge-quantizer", "ai-edge-litert",
                       "qtf-edge")
@@ -349,8 +352,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
 
     files: bundle file name -> source path, copied as they are: the model files
         (prefill.onnx, decode.onnx, optional *_int8.onnx or *.tflite), tokenizer.json and
-        config.json. run.py, README.txt, generation.json, requirements.txt and manifest.json
-        are written here.
+        config.json. run.py, byte_bpe.py, README.txt, generation.json, requirements.txt and
+        manifest.json are written here.
     manifest_fields:
         target, runtime (str); context_length, vocab_size (int);
         graphs: artifact name -> {"file", "inputs", "outputs"} (see `graph_io`);
@@ -381,7 +384,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
     with staged_directory(out, overwrite=force) as tmp:
         for name, path in sources.items():
             shutil.copyfile(path, tmp / name)
-        shutil.copyfile(data_dir("runtimes") / RUNNER_FILE, tmp / RUNNER_FILE)
+        for name in (RUNNER_FILE, TOKENIZER_FALLBACK_FILE):
+            shutil.copyfile(data_dir("runtimes") / name, tmp / name)
         shutil.copyfile(requirements_file(fields["runtime"]), tmp / REQUIREMENTS_FILE)
         write_json_atomic(tmp / GENERATION_FILE, generation)
         write_text_atomic(tmp / README_FILE,
