@@ -8,5 +8,6 @@ from qtf_edge.cli import (  # noqa: F401
     generate,
     info,
     pareto,
+    profile,
     train,
 )

@@ -1,0 +1,72 @@
+"""Measure a bundle's graphs on this machine, each through the bundle's own run.py.
+
+Every artifact runs in its own process (`run.py BUNDLE --bench N --json --runtime R
+[--int8]`): the runner a device uses, and a peak RSS that belongs to that artifact alone.
+The decode step's workload (FLOPs and bytes per part, for predictions) comes from the run
+the bundle was exported from, with the TT lowerings the export chose for the decode graph.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from qtf_edge.cost.counts import model_cost
+from qtf_edge.export.bundle import runner_module
+from qtf_edge.export.lowering import apply_lowering
+from qtf_edge.runs import MODEL_FILE, load_run, sha256_file
+
+# artifact -> (file that marks it present, runtime, int8)
+ARTIFACTS = {"onnx": ("prefill.onnx", "onnxruntime", False),
+             "onnx_int8": ("prefill_int8.onnx", "onnxruntime", True),
+             "tflite": ("model.tflite", "ai-edge-litert", False),
+             "tflite_int8": ("model_int8.tflite", "ai-edge-litert", True)}
+ARTIFACT_FILES = {"onnx": ("prefill.onnx", "decode.onnx"),
+                  "onnx_int8": ("prefill_int8.onnx", "decode_int8.onnx"),
+                  "tflite": ("model.tflite",), "tflite_int8": ("model_int8.tflite",)}
+
+
+def measure_artifact(bundle: Path, artifact: str, prompt: str, new_tokens: int, runs: int,
+                     threads: int) -> dict:
+    """run.py --bench for one artifact; its JSON plus the artifact's size."""
+    _, runtime, int8 = ARTIFACTS[artifact]
+    command = [sys.executable, str(bundle / "run.py"), str(bundle), "--prompt", prompt,
+               "--bench", str(runs), "--max-new-tokens", str(new_tokens), "--threads",
+               str(threads), "--runtime", runtime, "--json", "--quiet"] + (
+        ["--int8"] if int8 else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise ValueError(f"{bundle}/run.py --bench failed for {artifact}: "
+                         f"{done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+    sizes = {entry["path"]: entry["bytes"]
+             for entry in json.loads((bundle / "manifest.json").read_text())["files"]}
+    return {"artifact": artifact, "file_mb": sum(sizes[f] for f in ARTIFACT_FILES[artifact]) / 1e6,
+            **json.loads(done.stdout)}
+
+
+def present_artifacts(manifest: dict) -> list[str]:
+    files = {entry["path"] for entry in manifest["files"]}
+    return [name for name, (marker, _, _) in ARTIFACTS.items() if marker in files]
+
+
+def decode_workload(manifest: dict, context: int) -> dict[str, tuple[float, float]] | None:
+    """{part: (FLOPs, bytes)} of one decode step at `context` tokens, from the source run
+    (None if it is gone or changed since the export: then nothing can be predicted)."""
+    source = manifest["source"]
+    model_path = Path(source["path"]) / source.get("model_file", MODEL_FILE)
+    if not model_path.is_file() or sha256_file(model_path) != source["model_sha256"]:
+        return None
+    model = load_run(source["path"]).model.eval()
+    report = manifest.get("extra", {}).get("export", {})
+    lowering = next((p["details"]["layers"] for p in report.get("passes", [])
+                     if p.get("pass") == "lower_tt"), None)
+    if lowering:
+        apply_lowering(model, lowering["decode"])
+    return {part: (cost.flops, cost.bytes_moved)
+            for part, cost in model_cost(model, 1, context).items()}
+
+
+def verified_manifest(bundle: Path) -> dict:
+    return runner_module().verify_bundle(bundle)
