@@ -343,12 +343,18 @@ def _edgetpu_delegate(litert, folder, note):
              f"running model_int8.tflite on the CPU")
         return None
     library = EDGETPU_LIBRARIES.get(sys.platform, EDGETPU_LIBRARIES["linux"])
+    # A delegate that fails to load is freed half-built, and LiteRT's Delegate.__del__ then
+    # raises AttributeError, which Python would print as "Exception ignored in ...": keep
+    # that out of the one-line output while the failed attempt is cleaned up.
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
     try:
         delegate = litert.load_delegate(library)
     except (ValueError, OSError, RuntimeError) as e:
         note(f"the Edge TPU runtime ({library}) could not be loaded ({_one_line(e)[:120]}); "
              f"running model_int8.tflite on the CPU")
         return None
+    finally:
+        sys.unraisablehook = hook
     note(f"running {compiled} on the Edge TPU (compiled after export, so {MANIFEST} does "
          f"not cover it)")
     return compiled, [delegate]
