@@ -7,6 +7,7 @@ For each bundle (`--bundle NAME=PATH`, made by `qtf-edge export ... --target rpi
                 cost model's FLOPs and bytes (cost.model_energy: roofline + energy rates)
     predicted   decode ms per token on rpi4: its roofline over this machine's measured
                 efficiency on the same graph (profile/predict.py)
+    operators   onnxruntime's profiler on the decode graph, kernel time grouped by part
     roofline    this machine's achieved fraction of its memory bandwidth while decoding:
                 weight bytes read per token / measured decode time, against the bandwidth
                 a copy loop measures in the same run (numpy, 256 MiB, best of 5)
@@ -79,7 +80,8 @@ def main() -> None:
                      "estimated_energy_uj_per_query": energy,
                      "predicted_rpi4_ms": report["predictions"][0]["latency_ms"],
                      "decode_bytes": step_bytes,
-                     "bandwidth_fraction": step_bytes / (decode_ms / 1e3) / bandwidth})
+                     "bandwidth_fraction": step_bytes / (decode_ms / 1e3) / bandwidth,
+                     "operators": report["operators"]})
 
     base = rows[0]
     print(f"host: {describe_host(1)}; onnxruntime CPU; prompt {args.seq_len} "
@@ -98,6 +100,17 @@ def main() -> None:
                            for p in ENERGY_PROFILES)
               + f" | {r['predicted_rpi4_ms']:.3f} | {r['decode_bytes'] / 1e6:.2f} MB | "
                 f"{r['bandwidth_fraction']:.1%} |")
+    parts = sorted({part for r in rows for part in r["operators"]["parts"]})
+    print("\nWhere a decode step goes (onnxruntime profiler on decode.onnx; share of kernel "
+          "time, kernels per step):\n")
+    print("| model | kernels per step | " + " | ".join(parts) + " |")
+    print("|---|---|" + "---|" * len(parts))
+    for r in rows:
+        found = r["operators"]["parts"]
+        kernels = sum(p["kernels_per_step"] for p in found.values())
+        print(f"| {r['name']} | {kernels:.0f} | " + " | ".join(
+            f"{found[p]['share']:.0%} ({found[p]['kernels_per_step']:.0f})" if p in found
+            else "-" for p in parts) + " |")
     print("\nTarget: decode at >= 30% of the host's bandwidth roofline: "
           + ", ".join(f"{r['name']} {'met' if r['bandwidth_fraction'] >= 0.3 else 'not met'}"
                       for r in rows))

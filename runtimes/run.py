@@ -220,11 +220,14 @@ def check_generation_settings(max_new_tokens, temperature, top_k, top_p, seed, t
                          f"got {threads!r}")
 
 
-def _session(ort, folder, name, threads):
+def _session(ort, folder, name, threads, profile_prefix=None):
     path = os.path.join(str(folder), name)
     if not os.path.isfile(path):
         raise _fail(path, "missing; this bundle has no such graph (try without --int8?)")
     options = ort.SessionOptions()
+    if profile_prefix is not None:  # onnxruntime's per-node trace (qtf-edge profile)
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if threads:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
@@ -239,10 +242,10 @@ class _Graphs:
     """The prefill and decode sessions of a bundle, with their I/O checked against the
     contract."""
 
-    def __init__(self, ort, folder, int8=False, threads=0):
+    def __init__(self, ort, folder, int8=False, threads=0, profile_prefix=None):
         suffix = "_int8" if int8 else ""
         self.prefill = _session(ort, folder, f"prefill{suffix}.onnx", threads)
-        self.decode = _session(ort, folder, f"decode{suffix}.onnx", threads)
+        self.decode = _session(ort, folder, f"decode{suffix}.onnx", threads, profile_prefix)
         for name, sess in (("prefill", self.prefill), ("decode", self.decode)):
             inputs = [i.name for i in sess.get_inputs()]
             outputs = [o.name for o in sess.get_outputs()]

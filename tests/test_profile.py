@@ -13,6 +13,7 @@ from run_factory import export_dense_run
 
 from cli_helpers import assert_one_line_error, invoke
 from qtf_edge.cost.profiles import load_profile
+from qtf_edge.profile.operators import group_by_part, kernel_times, module_part
 from qtf_edge.profile.pipeline import ProfileOptions, per_threads, profile_bundle
 from qtf_edge.profile.predict import host_energy, predict
 
@@ -85,6 +86,10 @@ def test_every_artifact_is_measured_and_every_energy_labelled(bundle):
     assert all(p["label"] == "predicted" and p["latency_ms"] > 0 for p in report["predictions"])
     assert set(report["workload"]) == {"embedding", "quantum_encoder", "attention", "ffn",
                                        "head"}
+    parts = report["operators"]["parts"]  # the decode graph's kernels, grouped by part
+    assert {"embedding", "attention", "ffn", "head"} <= set(parts)
+    assert math.isclose(sum(p["share"] for p in parts.values()), 1.0)
+    assert parts["attention"]["kernels_per_step"] > 0 and parts["ffn"]["ms_per_step"] > 0
     text = invoke("profile", folder, "--runs", "1", "--seq-len", "8", "--new-tokens", "2",
                   "--target", "rpi5")
     assert text.exit_code == 0, text.output
@@ -117,3 +122,24 @@ def test_bad_input_is_one_line_and_exit_2(bundle, tmp_path):
     (copy / "config.json").write_text("{}")
     assert_one_line_error(invoke("profile", copy), "config.json")
     assert manifest["target"] == "rpi"
+
+
+def test_module_parts_and_the_profiler_trace():
+    assert [module_part(m) for m in ("token_embedding", "blocks.3.ffn.up", "blocks.0.router",
+                                     "blocks.1.ln_attention", "blocks.1", "ln_final", "model",
+                                     None)] == [
+        "embedding", "ffn", "quantum_encoder", "attention", "other", "head", "other", "other"]
+    assert module_part("model", "MatMul") == "head"  # the tied head, x @ E.T
+    trace = [{"cat": "Session", "name": "model_run", "dur": 999},
+             {"cat": "Node", "name": "blocks.0.ffn.up/node_MatMul_1_kernel_time", "dur": 30,
+              "args": {"op_name": "MatMul"}},
+             {"cat": "Node", "name": "blocks.0.ffn.up/node_MatMul_1_fence_before", "dur": 0},
+             {"cat": "Node", "name": "token_embedding/node_Gather_0_kernel_time", "dur": 10,
+              "args": {"op_name": "Gather"}}]
+    kernels = kernel_times(trace)
+    assert kernels == [("blocks.0.ffn.up/node_MatMul_1", "MatMul", 30.0),
+                       ("token_embedding/node_Gather_0", "Gather", 10.0)]
+    grouped = group_by_part(kernels, steps=2)
+    assert grouped == {"ffn": {"ms_per_step": 0.015, "share": 0.75, "kernels_per_step": 0.5},
+                       "embedding": {"ms_per_step": 0.005, "share": 0.25,
+                                     "kernels_per_step": 0.5}}

@@ -77,6 +77,15 @@ def render(report: dict) -> str:
     if estimated:
         lines.append(f"estimated energy: {estimated[0]['method']} (no RAPL counters: "
                      f"{estimated[0]['reason']})")
+    operators = report["operators"]
+    if operators:
+        lines += ["", f"where a decode step goes (onnxruntime profiler, {operators['graph']}, "
+                      f"{operators['steps']} steps; profiling slows every kernel, so read the "
+                      f"shares): {operators['ms_per_step']:.3f} ms per step",
+                  format_table(["part", "ms per step", "share", "kernels per step"],
+                               [[part, f"{row['ms_per_step']:.3f}", f"{row['share']:.1%}",
+                                 f"{row['kernels_per_step']:.0f}"]
+                                for part, row in operators["parts"].items()])]
     if report["predictions"]:
         lines += ["", f"PREDICTED decode step at {report['decode_context']} tokens of context "
                       f"(roofline scaled by this machine's measured efficiency on the float "

@@ -51,35 +51,52 @@ def check_exportable(model: torch.nn.Module) -> None:
                          f"export; expected at least {EXAMPLE_PAST + EXAMPLE_NEW}")
 
 
-def op_layers(model: onnx.ModelProto) -> dict[str, str]:
-    """op type -> the module (dotted name in the exported model) of its first node, from the
-    dynamo exporter's name-scope metadata (onnxslim drops it, so read it before)."""
-    layers = {}
+def name_nodes_by_module(model: onnx.ModelProto) -> None:
+    """Prefix every node's name with the module that made it ("blocks.0.attention/..."),
+    from the dynamo exporter's name-scope metadata. onnxslim drops the metadata but keeps
+    names, so errors can name a node's layer and onnxruntime's profiler can group time by
+    module (profile/operators.py)."""
     for node in model.graph.node:
         scopes = next((ast.literal_eval(p.value) for p in node.metadata_props
                        if p.key == NAME_SCOPES), None)
-        if node.op_type not in layers and scopes:
+        if scopes:
             # [wrapper, "model", "model.<layer>", ..., the aten op]: the deepest module
             module = scopes[-2] if len(scopes) > 1 else scopes[-1]
-            layers[node.op_type] = module.removeprefix("model.") or "model"
+            if module.startswith("_"):  # the exporter's name for "no module" (shape ops)
+                module = "model"
+            node.name = f"{module.removeprefix('model.') or 'model'}/{node.name}"
+
+
+def node_layer(node_name: str) -> str | None:
+    """The module a node came from (None for nodes the simplifier made)."""
+    return node_name.split("/", 1)[0] if "/" in node_name else None
+
+
+def op_layers(model: onnx.ModelProto) -> dict[str, str]:
+    """op type -> the module of its first node that has one."""
+    layers: dict[str, str] = {}
+    for node in model.graph.node:
+        layer = node_layer(node.name)
+        if layer is not None:
+            layers.setdefault(node.op_type, layer)
     return layers
 
 
 def _to_onnx(graph: torch.nn.Module, args: tuple, dynamic_shapes: dict, inputs: list[str],
-             outputs: list[str], opset: int, cache_length: str
-             ) -> tuple[onnx.ModelProto, dict[str, str]]:
+             outputs: list[str], opset: int, cache_length: str) -> onnx.ModelProto:
     with quiet_tools(), torch.no_grad():
         program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs,
                                     output_names=outputs, dynamic_shapes=dynamic_shapes,
                                     opset_version=opset, verbose=False, report=False)
-        layers = op_layers(program.model_proto)
-        model = onnxslim.slim(program.model_proto)
+        proto = program.model_proto  # a fresh conversion at each access: take it once
+        name_nodes_by_module(proto)
+        model = onnxslim.slim(proto)
     # The exporter names each present's length after its own sum, in either order
     # ("sequence + past_sequence" in one layer, "past_sequence + sequence" in the next);
     # one label for all reads as the contract does.
     for output in model.graph.output[1:]:
         output.type.tensor_type.shape.dim[2].dim_param = cache_length
-    return model, layers
+    return model
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -87,14 +104,15 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def graph_info(model: onnx.ModelProto, file: str) -> dict:
-    """What a graph looks like: I/O names and shapes (symbolic dims as strings), ops."""
+    """What a graph looks like: I/O names and shapes (symbolic dims as strings), ops, and
+    the layer each op type first comes from."""
     graph = model.graph
     ops = collections.Counter(node.op_type for node in graph.node)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return {"file": file, "opset": opset, "nodes": len(graph.node),
             "inputs": {v.name: _dims(v) for v in graph.input},
             "outputs": {v.name: _dims(v) for v in graph.output},
-            "op_types": dict(sorted(ops.items()))}
+            "op_types": dict(sorted(ops.items())), "op_layers": op_layers(model)}
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> int:
@@ -116,9 +134,6 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
     lowerings: per graph name, the TT lowering rows (export/lowering.py) to trace it with;
     a graph runs one path per TT product at every size, so prefill and decode each get
     the path that suits their token count. None: the model's lowerings as they are.
-
-    info["op_layers"] maps each op type to the layer its first node came from (for
-    errors that name an op a target cannot run).
 
     The model is put in eval mode. ValueError for a simulated-form QTF model, weights of
     2 GB or more, or a context too short to trace.
@@ -148,8 +163,7 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
     for name, trace in traces.items():
         if lowerings is not None:
             apply_lowering(model, lowerings[name])
-        graph, layers = trace()
+        graph = trace()
         file = f"{name}.onnx"
-        info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file),
-                      "op_layers": layers}
+        info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file)}
     return info

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qtf_edge.cost.profiles import HardwareProfile, load_profile
 from qtf_edge.data import default_corpus, load_tokenizer, read_corpus
+from qtf_edge.profile.operators import decode_breakdown
 from qtf_edge.profile.measure import (
     decode_workload,
     measure_artifact,
@@ -39,14 +40,15 @@ def per_threads(profile: HardwareProfile, threads: int) -> HardwareProfile:
     return dataclasses.replace(profile, peak_flops=profile.peak_flops * threads / cores.value)
 
 
-def _prompt(bundle: Path, options: ProfileOptions) -> str:
+def _prompt(bundle: Path, options: ProfileOptions) -> tuple[str, list[int]]:
+    """The prompt's text (for run.py) and ids: the first --seq-len tokens of --data."""
     tokenizer = load_tokenizer(bundle / "tokenizer.json")
     source = Path(options.data) if options.data else default_corpus("valid")
     ids = [i for line in read_corpus(source) for i in tokenizer.encode(line).ids]
     if len(ids) < options.seq_len:
         raise ValueError(f"--data {source}: {len(ids)} tokens; expected at least "
                          f"--seq-len {options.seq_len}")
-    return tokenizer.decode(ids[:options.seq_len])
+    return tokenizer.decode(ids[:options.seq_len]), ids[:options.seq_len]
 
 
 def _check(options: ProfileOptions, context: int) -> tuple[HardwareProfile, list]:
@@ -67,7 +69,7 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
     bundle = Path(bundle)
     manifest = verified_manifest(bundle)
     host, targets = _check(options, manifest["context_length"])
-    prompt = _prompt(bundle, options)
+    prompt, prompt_ids = _prompt(bundle, options)
     rows = []
     for artifact in present_artifacts(manifest):
         progress(f"measuring {artifact}")
@@ -95,7 +97,12 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
         measured = onnx["decode_ms_per_token"]["median"]
         predictions = [predict(workload, measured, per_threads(host, options.threads),
                                per_threads(target, options.threads)) for target in targets]
+    operators = None
+    if onnx is not None:
+        progress("profiling the decode graph's operators")
+        operators = decode_breakdown(bundle, prompt_ids, options.new_tokens, options.threads)
     return {"bundle": str(bundle), "target": manifest["target"], "options": asdict(options),
+            "operators": operators,
             "host_profile": host.name, "measured": rows, "decode_context": context,
             "workload": {part: {"flops": f, "bytes": b} for part, (f, b) in
                          (workload or {}).items()},
