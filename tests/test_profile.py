@@ -12,7 +12,10 @@ import pytest
 from run_factory import export_dense_run
 
 from cli_helpers import assert_one_line_error, invoke
+from qtf_edge import runs
 from qtf_edge.cost.profiles import load_profile
+from qtf_edge.export.bundle import runner_module
+from qtf_edge.profile.measure import TorchGenerator
 from qtf_edge.profile.operators import group_by_part, kernel_times, module_part
 from qtf_edge.profile.pipeline import ProfileOptions, per_threads, profile_bundle
 from qtf_edge.profile.predict import host_energy, predict
@@ -74,8 +77,9 @@ def bundle(tmp_path_factory):
 def test_every_artifact_is_measured_and_every_energy_labelled(bundle):
     source, folder, _ = bundle
     report = profile_bundle(folder, FAST)
-    assert [r["artifact"] for r in report["measured"]] == ["onnx", "onnx_int8", "tflite",
-                                                            "tflite_int8"]
+    assert [r["artifact"] for r in report["measured"]] == ["torch", "onnx", "onnx_int8",
+                                                            "tflite", "tflite_int8"]
+    assert report["measured"][0]["runtime"] == "torch (eager)"
     for row in report["measured"]:
         assert row["runs"] == 2 and row["decode_ms_per_token"]["n"] == 2 * 3
         assert row["file_mb"] > 0 and row["peak_rss_mb"] > 0 and row["tokens_per_s"] > 0
@@ -105,8 +109,8 @@ def test_without_its_source_run_a_bundle_is_measured_but_not_predicted(bundle, t
         report = profile_bundle(folder, dataclasses.replace(FAST, runs=1))
     finally:
         shutil.move(moved, source)
-    assert report["measured"] and report["predictions"] == []
-    assert "no predictions" in report["notes"][0]
+    assert report["predictions"] == [] and "no predictions" in report["notes"][0]
+    assert [r["artifact"] for r in report["measured"]][0] == "onnx"  # no torch row
 
 
 def test_bad_input_is_one_line_and_exit_2(bundle, tmp_path):
@@ -143,3 +147,12 @@ def test_module_parts_and_the_profiler_trace():
     assert grouped == {"ffn": {"ms_per_step": 0.015, "share": 0.75, "kernels_per_step": 0.5},
                        "embedding": {"ms_per_step": 0.005, "share": 0.25,
                                      "kernels_per_step": 0.5}}
+
+
+def test_the_torch_row_decodes_what_the_bundle_decodes(bundle):
+    source, folder, _ = bundle
+    timings = []
+    eager = TorchGenerator(runs.load_run(source).model, threads=1)([5, 6, 7, 8], 6,
+                                                                   timings=timings)
+    assert eager == runner_module().generate(str(folder), [5, 6, 7, 8], 6, stop_token_ids=())
+    assert len(timings) == 6 and all(t > 0 for t in timings)  # prefill, then 5 decode steps

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 from qtf_edge.cost.counts import model_cost
 from qtf_edge.export.bundle import runner_module
@@ -46,6 +49,58 @@ def measure_artifact(bundle: Path, artifact: str, prompt: str, new_tokens: int, 
             **json.loads(done.stdout)}
 
 
+class TorchGenerator:
+    """The source run in eager PyTorch behind run.py's generator interface (greedy, with
+    the KV cache), so run.py's own `bench` times it like the graphs."""
+
+    runtime = "torch (eager)"
+
+    def __init__(self, model: torch.nn.Module, threads: int):
+        self.model, self.threads = model.eval(), threads
+
+    def __call__(self, prompt_ids, max_new_tokens, timings=None) -> list[int]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        clock, new = time.perf_counter, []
+        try:
+            with torch.inference_mode():
+                cache = self.model.new_cache()
+                start = clock()
+                logits = self.model(torch.tensor([list(prompt_ids)]), cache)[0, -1]
+                while True:
+                    if timings is not None:
+                        timings.append(clock() - start)
+                    new.append(int(logits.argmax()))
+                    if len(new) >= max_new_tokens:
+                        return new
+                    start = clock()
+                    logits = self.model(torch.tensor([[new[-1]]]), cache)[0, -1]
+        finally:
+            torch.set_num_threads(previous)
+
+
+def measure_torch(manifest: dict, prompt_ids: list[int], new_tokens: int, runs: int,
+                  threads: int) -> dict | None:
+    """run.py's bench of the source run in eager PyTorch (None if the run is gone or
+    changed since the export). Its peak RSS is this process's, torch included."""
+    run = source_run(manifest)
+    if run is None:
+        return None
+    result = runner_module().bench(TorchGenerator(run.model, threads), prompt_ids,
+                                   new_tokens, runs)
+    return {"artifact": "torch", "file_mb": Path(manifest["source"]["path"]).joinpath(
+        MODEL_FILE).stat().st_size / 1e6, **result}
+
+
+def source_run(manifest: dict):
+    """The run the bundle was exported from, if it is still there unchanged; else None."""
+    source = manifest["source"]
+    model_path = Path(source["path"]) / source.get("model_file", MODEL_FILE)
+    if not model_path.is_file() or sha256_file(model_path) != source["model_sha256"]:
+        return None
+    return load_run(source["path"])
+
+
 def present_artifacts(manifest: dict) -> list[str]:
     files = {entry["path"] for entry in manifest["files"]}
     return [name for name, (marker, _, _) in ARTIFACTS.items() if marker in files]
@@ -54,11 +109,10 @@ def present_artifacts(manifest: dict) -> list[str]:
 def decode_workload(manifest: dict, context: int) -> dict[str, tuple[float, float]] | None:
     """{part: (FLOPs, bytes)} of one decode step at `context` tokens, from the source run
     (None if it is gone or changed since the export: then nothing can be predicted)."""
-    source = manifest["source"]
-    model_path = Path(source["path"]) / source.get("model_file", MODEL_FILE)
-    if not model_path.is_file() or sha256_file(model_path) != source["model_sha256"]:
+    run = source_run(manifest)
+    if run is None:
         return None
-    model = load_run(source["path"]).model.eval()
+    model = run.model.eval()
     report = manifest.get("extra", {}).get("export", {})
     lowering = next((p["details"]["layers"] for p in report.get("passes", [])
                      if p.get("pass") == "lower_tt"), None)

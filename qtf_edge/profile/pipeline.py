@@ -12,6 +12,7 @@ from qtf_edge.profile.operators import decode_breakdown
 from qtf_edge.profile.measure import (
     decode_workload,
     measure_artifact,
+    measure_torch,
     present_artifacts,
     verified_manifest,
 )
@@ -70,11 +71,15 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
     manifest = verified_manifest(bundle)
     host, targets = _check(options, manifest["context_length"])
     prompt, prompt_ids = _prompt(bundle, options)
-    rows = []
+    progress("measuring torch (eager)")
+    eager = measure_torch(manifest, prompt_ids, options.new_tokens, options.runs,
+                          options.threads)
+    rows = [eager] if eager else []
     for artifact in present_artifacts(manifest):
         progress(f"measuring {artifact}")
-        row = measure_artifact(bundle, artifact, prompt, options.new_tokens, options.runs,
-                               options.threads)
+        rows.append(measure_artifact(bundle, artifact, prompt, options.new_tokens, options.runs,
+                                     options.threads))
+    for row in rows:
         decode = row["decode_ms_per_token"]
         if row["energy"]["measured"]:
             row["energy"] = {**row["energy"], "label": MEASURED,
@@ -82,15 +87,14 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
         elif decode is not None:
             row["energy"] = {**host_energy(decode["median"], host, options.threads),
                              "reason": row["energy"]["reason"]}
-        rows.append(row)
     context = options.seq_len + options.new_tokens // 2  # the mean decode step's context
     workload = decode_workload(manifest, context)
     onnx = next((r for r in rows if r["artifact"] == "onnx"), None)
     notes = []
     predictions = []
     if workload is None:
-        notes.append(f"no predictions: the source run {manifest['source']['path']} is gone or "
-                     f"changed since the export (its FLOPs and bytes per step are needed)")
+        notes.append(f"no torch row and no predictions: the source run "
+                     f"{manifest['source']['path']} is gone or changed since the export")
     elif onnx is None or onnx["decode_ms_per_token"] is None:
         notes.append("no predictions: the bundle has no float ONNX decode graph to measure")
     else:
