@@ -790,6 +790,8 @@ def main(argv=None):
         return _error("give --prompt TEXT (or --interactive)")
     if args.interactive and args.bench:
         return _error("--bench and --interactive do not go together")
+    if args.bench < 0:
+        return _error(f"--bench must be a number of runs >= 1, got {args.bench}")
     note = (lambda line: None) if args.quiet else (
         lambda line: sys.stderr.write(f"run.py: note: {line}\n"))
     try:

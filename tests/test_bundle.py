@@ -421,6 +421,8 @@ def test_runner_cli_without_torch_streams_and_prints_json(bundle, parts):
     (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt", "hi", "--top-p", "1.5"], "--top-p"),
     (["--prompt", "hi", "--temperature", "x"], "invalid float"),
+    (["--prompt", "hi", "--bench", "-1"], "--bench must be"),
+    (["--interactive", "--bench", "2"], "do not go together"),
     ([], "--prompt"),
 ])
 def test_runner_bad_input_exits_2_with_one_line(bundle, args, match):

@@ -118,7 +118,9 @@ def test_bad_input_is_one_line_and_exit_2(bundle, tmp_path):
     for args, words in (((folder, "--runs", "0"), ["--runs"]),
                         ((folder, "--target", "cray1", "--seq-len", "8"), ["cray1"]),
                         ((folder, "--seq-len", "30", "--new-tokens", "8"), ["context"]),
-                        ((tmp_path / "nowhere",), ["not found"])):
+                        ((tmp_path / "nowhere",), ["not found"]),
+                        ((folder, "--out", tmp_path / "no" / "r.json"), ["--out", "not exist"]),
+                        ((folder, "--out", tmp_path), ["--out", "cannot write"])):
         assert_one_line_error(invoke("profile", *args), *words)
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)

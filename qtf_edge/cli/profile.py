@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 
@@ -45,6 +47,8 @@ def profile(bundle, host_profile, targets, runs, seq_len, new_tokens, threads, d
       qtf-edge profile bundles/tiny-rpi
       qtf-edge profile bundles/tiny-rpi --target rpi4 --runs 50 --json
     """
+    if out:
+        check_writable(out)  # before minutes of measuring
     options = ProfileOptions(host_profile=host_profile, targets=tuple(targets), runs=runs,
                              seq_len=seq_len, new_tokens=new_tokens, threads=threads,
                              data=data)
@@ -53,6 +57,15 @@ def profile(bundle, host_profile, targets, runs, seq_len, new_tokens, threads, d
     if out:
         write_json_atomic(out, report)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+def check_writable(out: str) -> None:
+    """ValueError unless --out can be written: its folder exists and takes files."""
+    folder = Path(out).resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or Path(out).is_dir():
+        raise ValueError(f"--out {out}: cannot write a file there")
 
 
 def render(report: dict) -> str:
