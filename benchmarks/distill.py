@@ -124,7 +124,7 @@ def main() -> None:
     folding, logits = report.folding, report.logits
     print(f"\nfolding alone: routes {folding['route_agreement']:.4%}, ranks "
           f"{folding['rank_agreement']:.4%} agree ({folding['ties']} ties); deploy logits: "
-          f"max |diff| {logits['max_abs_difference']:.3g}, top-1 agreement "
+          f"max |diff| {logits['max_abs_diff']:.3g}, top-1 agreement "
           f"{logits['top1_agreement']:.4%}\n")
     print(f"| form | forward ms (1 x {seq_len}) | vs simulated | time in circuit parts |")
     print("|---|---|---|---|")

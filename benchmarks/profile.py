@@ -27,7 +27,7 @@ import numpy as np
 
 from qtf_edge.cost.model_energy import estimate_model_energy
 from qtf_edge.host import describe_host
-from qtf_edge.profile.measure import verified_manifest
+from qtf_edge.export.bundle import verify_bundle
 from qtf_edge.profile.pipeline import ProfileOptions, profile_bundle
 from qtf_edge.runs import load_run
 
@@ -70,7 +70,7 @@ def main() -> None:
         report = profile_bundle(Path(path), options)
         onnx = next(r for r in report["measured"] if r["artifact"] == "onnx")
         decode_ms = onnx["decode_ms_per_token"]["median"]
-        model = load_run(verified_manifest(Path(path))["source"]["path"]).model
+        model = load_run(verify_bundle(Path(path))["source"]["path"]).model
         energy = {p: estimate_model_energy(model, p, seq_len=args.seq_len).per_query.energy_uj
                   for p in ENERGY_PROFILES}
         step_bytes = weight_bytes_per_token(report)

@@ -82,7 +82,7 @@ def render(report) -> str:
                  f"difference {folding['max_entropy_difference']:.1e} nats")
     lines.append(f"deploy form end to end: routes agree {_rate(end_to_end['route_agreement'])}, "
                  f"ranks {_rate(end_to_end['rank_agreement'])}; logits max |diff| "
-                 f"{logits['max_abs_difference']:.3g}, mean {logits['mean_abs_difference']:.3g}, "
+                 f"{logits['max_abs_diff']:.3g}, mean {logits['mean_abs_diff']:.3g}, "
                  f"top-1 agreement {_rate(logits['top1_agreement'])}")
     return "\n".join(lines)
 

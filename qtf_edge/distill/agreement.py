@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from qtf_edge.evaluate import window_batches
+from qtf_edge.logit_agreement import LogitAgreement
 from qtf_edge.model.ffn import adaptive_ranks
 
 TIE_TOLERANCE = 1e-5  # nats: the folded entropy's measured distance from LAPACK's is ~3e-6
@@ -41,20 +42,6 @@ class Agreement:
             return agree / total if total else None
         return {**asdict(self), "route_agreement": rate(self.route_agree, self.route_decisions),
                 "rank_agreement": rate(self.rank_agree, self.rank_decisions)}
-
-
-@dataclass
-class LogitAgreement:
-    positions: int = 0
-    top1_agree: int = 0
-    max_abs_difference: float = 0.0
-    sum_abs_difference: float = 0.0
-    values: int = 0
-
-    def to_dict(self) -> dict:
-        return {"positions": self.positions, "max_abs_difference": self.max_abs_difference,
-                "mean_abs_difference": self.sum_abs_difference / max(self.values, 1),
-                "top1_agreement": self.top1_agree / self.positions if self.positions else None}
 
 
 def _decide(block, entropy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -110,7 +97,7 @@ def compare(simulated, deploy, windows: list[list[int]], batch_size: int = 8
             reference = simulated(inputs).float()
             traces = [b.trace for b in simulated.blocks]
             candidate = deploy(inputs).float()
-            _compare_logits(logits, reference, candidate)
+            logits.add(candidate.cpu().numpy(), reference.cpu().numpy())
             for i, (sim_block, dep_block) in enumerate(zip(simulated.blocks, deploy.blocks)):
                 if sim_block.encoder is None:
                     continue
@@ -132,13 +119,3 @@ def compare(simulated, deploy, windows: list[list[int]], batch_size: int = 8
         for hook in hooks:
             hook.remove()
     return folding, end_to_end, logits
-
-
-def _compare_logits(agreement: LogitAgreement, reference: torch.Tensor,
-                    candidate: torch.Tensor) -> None:
-    difference = (candidate - reference).abs()
-    agreement.max_abs_difference = max(agreement.max_abs_difference, float(difference.max()))
-    agreement.sum_abs_difference += float(difference.double().sum())
-    agreement.values += difference.numel()
-    agreement.positions += reference.shape[0] * reference.shape[1]
-    agreement.top1_agree += int((reference.argmax(-1) == candidate.argmax(-1)).sum())

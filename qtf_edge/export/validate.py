@@ -29,6 +29,7 @@ import onnxruntime as ort
 import torch
 
 from qtf_edge.evaluate import window_batches
+from qtf_edge.logit_agreement import LogitAgreement
 
 FLOAT_TOP1_AGREEMENT = 0.999   # float graph vs torch: only float32 near-ties may flip
 INT8_PERPLEXITY_RATIO = 1.03   # int8 graph vs the float graph
@@ -69,32 +70,19 @@ def perplexity(nll: float, positions: int) -> float:
 
 
 @dataclass
-class LogitComparison:
-    """Running totals of a graph's logits against torch's over the positions seen."""
-    positions: int = 0
-    values: int = 0
-    max_abs_diff: float = 0.0
-    sum_abs_diff: float = 0.0
-    top1_agree: int = 0
+class LogitComparison(LogitAgreement):
+    """LogitAgreement of a graph with torch, plus both perplexities at the targets."""
     nll: float = 0.0
     torch_nll: float = 0.0
 
     def add(self, logits: np.ndarray, reference: np.ndarray, targets: np.ndarray) -> None:
         """logits, reference (B, T, V) float; targets (B, T) int."""
-        difference = np.abs(logits.astype(np.float64) - reference)
-        self.max_abs_diff = max(self.max_abs_diff, float(difference.max()))
-        self.sum_abs_diff += float(difference.sum())
-        self.values += difference.size
-        self.positions += targets.size
-        self.top1_agree += int((logits.argmax(-1) == reference.argmax(-1)).sum())
+        super().add(logits, reference)
         self.nll += token_nll(logits, targets)
         self.torch_nll += token_nll(reference, targets)
 
     def to_dict(self, graph: str, windows: int) -> dict:
-        return {"graph": graph, "windows": windows, "positions": self.positions,
-                "max_abs_diff": self.max_abs_diff,
-                "mean_abs_diff": self.sum_abs_diff / max(self.values, 1),
-                "top1_agreement": self.top1_agree / max(self.positions, 1),
+        return {"graph": graph, "windows": windows, **super().to_dict(),
                 "perplexity": perplexity(self.nll, self.positions),
                 "torch_perplexity": perplexity(self.torch_nll, self.positions)}
 

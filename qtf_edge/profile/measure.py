@@ -21,20 +21,17 @@ from qtf_edge.export.bundle import runner_module
 from qtf_edge.export.lowering import apply_lowering
 from qtf_edge.runs import MODEL_FILE, load_run, sha256_file
 
-# artifact -> (file that marks it present, runtime, int8)
-ARTIFACTS = {"onnx": ("prefill.onnx", "onnxruntime", False),
-             "onnx_int8": ("prefill_int8.onnx", "onnxruntime", True),
-             "tflite": ("model.tflite", "ai-edge-litert", False),
-             "tflite_int8": ("model_int8.tflite", "ai-edge-litert", True)}
-ARTIFACT_FILES = {"onnx": ("prefill.onnx", "decode.onnx"),
-                  "onnx_int8": ("prefill_int8.onnx", "decode_int8.onnx"),
-                  "tflite": ("model.tflite",), "tflite_int8": ("model_int8.tflite",)}
+# artifact -> (its files, the first marking it present; runtime; int8)
+ARTIFACTS = {"onnx": (("prefill.onnx", "decode.onnx"), "onnxruntime", False),
+             "onnx_int8": (("prefill_int8.onnx", "decode_int8.onnx"), "onnxruntime", True),
+             "tflite": (("model.tflite",), "ai-edge-litert", False),
+             "tflite_int8": (("model_int8.tflite",), "ai-edge-litert", True)}
 
 
-def measure_artifact(bundle: Path, artifact: str, prompt: str, new_tokens: int, runs: int,
-                     threads: int) -> dict:
+def measure_artifact(bundle: Path, manifest: dict, artifact: str, prompt: str,
+                     new_tokens: int, runs: int, threads: int) -> dict:
     """run.py --bench for one artifact; its JSON plus the artifact's size."""
-    _, runtime, int8 = ARTIFACTS[artifact]
+    files, runtime, int8 = ARTIFACTS[artifact]
     command = [sys.executable, str(bundle / "run.py"), str(bundle), "--prompt", prompt,
                "--bench", str(runs), "--max-new-tokens", str(new_tokens), "--threads",
                str(threads), "--runtime", runtime, "--json", "--quiet"] + (
@@ -43,9 +40,8 @@ def measure_artifact(bundle: Path, artifact: str, prompt: str, new_tokens: int, 
     if done.returncode != 0:
         raise ValueError(f"{bundle}/run.py --bench failed for {artifact}: "
                          f"{done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
-    sizes = {entry["path"]: entry["bytes"]
-             for entry in json.loads((bundle / "manifest.json").read_text())["files"]}
-    return {"artifact": artifact, "file_mb": sum(sizes[f] for f in ARTIFACT_FILES[artifact]) / 1e6,
+    sizes = {entry["path"]: entry["bytes"] for entry in manifest["files"]}
+    return {"artifact": artifact, "file_mb": sum(sizes[f] for f in files) / 1e6,
             **json.loads(done.stdout)}
 
 
@@ -79,17 +75,14 @@ class TorchGenerator:
             torch.set_num_threads(previous)
 
 
-def measure_torch(manifest: dict, prompt_ids: list[int], new_tokens: int, runs: int,
-                  threads: int) -> dict | None:
-    """run.py's bench of the source run in eager PyTorch (None if the run is gone or
-    changed since the export). Its peak RSS is this process's, torch included."""
-    run = source_run(manifest)
-    if run is None:
-        return None
+def measure_torch(run, prompt_ids: list[int], new_tokens: int, runs: int,
+                  threads: int) -> dict:
+    """run.py's bench of a run in eager PyTorch. Its peak RSS is this process's, torch
+    included."""
     result = runner_module().bench(TorchGenerator(run.model, threads), prompt_ids,
                                    new_tokens, runs)
-    return {"artifact": "torch", "file_mb": Path(manifest["source"]["path"]).joinpath(
-        MODEL_FILE).stat().st_size / 1e6, **result}
+    return {"artifact": "torch", "file_mb": (run.path / MODEL_FILE).stat().st_size / 1e6,
+            **result}
 
 
 def source_run(manifest: dict):
@@ -103,15 +96,13 @@ def source_run(manifest: dict):
 
 def present_artifacts(manifest: dict) -> list[str]:
     files = {entry["path"] for entry in manifest["files"]}
-    return [name for name, (marker, _, _) in ARTIFACTS.items() if marker in files]
+    return [name for name, (artifact_files, _, _) in ARTIFACTS.items()
+            if artifact_files[0] in files]
 
 
-def decode_workload(manifest: dict, context: int) -> dict[str, tuple[float, float]] | None:
-    """{part: (FLOPs, bytes)} of one decode step at `context` tokens, from the source run
-    (None if it is gone or changed since the export: then nothing can be predicted)."""
-    run = source_run(manifest)
-    if run is None:
-        return None
+def decode_workload(run, manifest: dict, context: int) -> dict[str, tuple[float, float]]:
+    """{part: (FLOPs, bytes)} of one decode step at `context` tokens of the bundle's source
+    run, with the TT lowerings the export chose for the decode graph (set on its model)."""
     model = run.model.eval()
     report = manifest.get("extra", {}).get("export", {})
     lowering = next((p["details"]["layers"] for p in report.get("passes", [])
@@ -120,7 +111,3 @@ def decode_workload(manifest: dict, context: int) -> dict[str, tuple[float, floa
         apply_lowering(model, lowering["decode"])
     return {part: (cost.flops, cost.bytes_moved)
             for part, cost in model_cost(model, 1, context).items()}
-
-
-def verified_manifest(bundle: Path) -> dict:
-    return runner_module().verify_bundle(bundle)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from qtf_edge.cost.profiles import HardwareProfile, load_profile
 from qtf_edge.data import default_corpus, load_tokenizer, read_corpus
-from qtf_edge.profile.operators import decode_breakdown
+from qtf_edge.export.bundle import verify_bundle
 from qtf_edge.profile.measure import (
     decode_workload,
     measure_artifact,
     measure_torch,
     present_artifacts,
-    verified_manifest,
+    source_run,
 )
+from qtf_edge.profile.operators import decode_breakdown
 from qtf_edge.profile.predict import MEASURED, host_energy, predict
 
 DEFAULT_TARGETS = ("rpi4", "rpi5", "edge_tpu", "edge_mobile")
@@ -68,17 +69,19 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
     """Measured rows per artifact, their energy (measured by RAPL, else estimated, and
     labelled), and predictions for options.targets (labelled predicted)."""
     bundle = Path(bundle)
-    manifest = verified_manifest(bundle)
+    manifest = verify_bundle(bundle)
     host, targets = _check(options, manifest["context_length"])
     prompt, prompt_ids = _prompt(bundle, options)
-    progress("measuring torch (eager)")
-    eager = measure_torch(manifest, prompt_ids, options.new_tokens, options.runs,
-                          options.threads)
-    rows = [eager] if eager else []
+    run = source_run(manifest)
+    rows = []
+    if run is not None:
+        progress("measuring torch (eager)")
+        rows.append(measure_torch(run, prompt_ids, options.new_tokens, options.runs,
+                                  options.threads))
     for artifact in present_artifacts(manifest):
         progress(f"measuring {artifact}")
-        rows.append(measure_artifact(bundle, artifact, prompt, options.new_tokens, options.runs,
-                                     options.threads))
+        rows.append(measure_artifact(bundle, manifest, artifact, prompt, options.new_tokens,
+                                     options.runs, options.threads))
     for row in rows:
         decode = row["decode_ms_per_token"]
         if row["energy"]["measured"]:
@@ -88,7 +91,8 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
             row["energy"] = {**host_energy(decode["median"], host, options.threads),
                              "reason": row["energy"]["reason"]}
     context = options.seq_len + options.new_tokens // 2  # the mean decode step's context
-    workload = decode_workload(manifest, context)
+    # after the torch row: this sets the decode graph's lowerings on the run's model
+    workload = None if run is None else decode_workload(run, manifest, context)
     onnx = next((r for r in rows if r["artifact"] == "onnx"), None)
     notes = []
     predictions = []
