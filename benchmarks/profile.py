@@ -10,7 +10,7 @@ For each bundle (`--bundle NAME=PATH`, made by `qtf-edge export ... --target rpi
     operators   onnxruntime's profiler on the decode graph, kernel time grouped by part
     roofline    this machine's achieved fraction of its memory bandwidth while decoding:
                 weight bytes read per token / measured decode time, against the bandwidth
-                a copy loop measures in the same run (numpy, 256 MiB, best of 5)
+                a copy loop measures in the same run (run.py --calibrate's: numpy, 256 MiB, best of 5)
 Ratios are against the first bundle (the dense baseline).
 
     python benchmarks/profile.py --bundle dense=bundles/dense-rpi --bundle qtf=bundles/qtf-rpi
@@ -20,31 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-
-import numpy as np
 
 from qtf_edge.cost.model_energy import estimate_model_energy
 from qtf_edge.host import describe_host
-from qtf_edge.export.bundle import verify_bundle
+from qtf_edge.export.bundle import calibration_module, verify_bundle
 from qtf_edge.profile.pipeline import ProfileOptions, profile_bundle
 from qtf_edge.runs import load_run
 
 ENERGY_PROFILES = ("cpu_xeon", "rpi4", "edge_tpu", "edge_mobile")
-COPY_BYTES = 256 * 2**20
-
-
-def copy_bandwidth(repeats: int = 5) -> float:
-    """Bytes/s of a large array copy (read + write counted), best of `repeats`."""
-    source = np.ones(COPY_BYTES // 8)
-    target = np.empty_like(source)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - start)
-    return 2 * COPY_BYTES / best
+COPY_MIB = 256
 
 
 def weight_bytes_per_token(report: dict) -> float:
@@ -61,7 +46,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    bandwidth = copy_bandwidth()
+    # the copy loop run.py --calibrate measures a device's bandwidth with
+    bandwidth = calibration_module().copy_bandwidth(COPY_MIB)
     options = ProfileOptions(runs=args.runs, seq_len=args.seq_len, new_tokens=args.new_tokens,
                              targets=("rpi4",))
     rows = []

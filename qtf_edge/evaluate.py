@@ -208,3 +208,8 @@ def per_token_trace(model, tokenizer, text: str) -> list[dict]:
                      "text": token_text(tokenizer, token_id),
                      "blocks": blocks})
     return rows
+
+
+def visible_text(text: str) -> str:
+    """A token's text with whitespace made visible (a leading space is meaningful)."""
+    return text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")

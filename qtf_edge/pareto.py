@@ -12,12 +12,12 @@ one, never pretending an earlier step can be exported.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
 
 from qtf_edge.atomic import write_bytes_atomic, write_json_atomic
+from qtf_edge.report.plots import figure_png, new_figure
 from qtf_edge.runs import RunError, read_metrics
 from qtf_edge.train.budget import KEYS, Budget
 
@@ -77,11 +77,7 @@ def plot_png(points: list[dict], frontier: list[dict], title: str, label_key: st
     """Perplexity per word against parameters and against estimated energy, frontier
     highlighted, each frontier point annotated with its label_key; PNG bytes
     (matplotlib's Agg backend, no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, 4), dpi=100)
+    figure = new_figure(10, 4)
     for axes, key, label in ((figure.add_subplot(1, 2, 1), "params", "parameters"),
                              (figure.add_subplot(1, 2, 2), "energy_uj",
                               "energy per query, uJ (estimated)")):
@@ -98,10 +94,7 @@ def plot_png(points: list[dict], frontier: list[dict], title: str, label_key: st
         axes.set_yscale("log")  # compressed and early points reach many times the best
         axes.legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def write_frontier(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict:

@@ -5,9 +5,11 @@
     python3 run.py BUNDLE --prompt "The castle was"
 
 This file is copied into every bundle and is all the device needs besides numpy,
-tokenizers and one inference runtime: it never imports torch or qtf_edge. It is also the
-single implementation of bundle verification (`verify_bundle`); qtf_edge loads this file
-to check the bundles it writes, so the host and the device accept exactly the same bundles.
+tokenizers and one inference runtime, with the two files that travel beside it: byte_bpe.py
+(its tokenizer without the `tokenizers` wheel) and calibrate.py (--calibrate's
+measurements). None of them imports torch or qtf_edge. This file is also the single
+implementation of bundle verification (`verify_bundle`); qtf_edge loads this file to check
+the bundles it writes, so the host and the device accept exactly the same bundles.
 
 Runtimes (--runtime, default: the bundle's own runtime if installed, else another that
 runs one of its formats):
@@ -30,6 +32,12 @@ and state kinds is not fixed here. TFLite window graph: input_ids int32 (1, cont
 logits (1, context, vocab), float or int8 with its quantisation parameters; ids are padded
 on the right, which a causal model's earlier positions never see.
 
+Calibration (`python3 run.py BUNDLE --calibrate my-device.yaml --calibrate-base rpi4`):
+measures this device's peak FLOP/s, memory bandwidth, the bundle's decode efficiency and,
+where RAPL counters are readable, its power, and writes a hardware profile for
+`qtf-edge profile BUNDLE --target my-device.yaml`. The measuring is in calibrate.py, which
+this file loads from its own folder for --calibrate (see `calibration()`).
+
 Exit status: 0 on success, 2 on bad input or a bad bundle (one line on stderr).
 """
 
@@ -42,6 +50,7 @@ import os
 import re
 import sys
 import time
+import types
 
 try:
     import numpy as np
@@ -599,20 +608,31 @@ def _peak_rss_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
 
 
+def rapl_energy(work, rapl_root=RAPL_ROOT):
+    """(joules, seconds) over work(): the RAPL zones' energy (None where unreadable) and the
+    wall-clock time."""
+    before = read_rapl(rapl_root)
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    return rapl_joules(before, read_rapl(rapl_root)), seconds
+
+
 def bench(generator, prompt_ids, max_new_tokens, runs, rapl_root=RAPL_ROOT):
     """Greedy generation `runs` times: prefill ms and decode ms per token (median, p90),
     new tokens per second of generation, peak RSS, and RAPL energy where readable."""
-    prefill, decode, tokens = [], [], 0
+    prefill, decode, new_per_run = [], [], []
     generator(prompt_ids, 1)  # warm-up: first-call allocations are not the steady state
-    before = read_rapl(rapl_root)
-    start = time.perf_counter()
-    for _ in range(runs):
-        timings = []
-        tokens += len(generator(prompt_ids, max_new_tokens, timings=timings))
-        prefill.append(timings[0])
-        decode.extend(timings[1:])
-    elapsed = time.perf_counter() - start
-    joules = rapl_joules(before, read_rapl(rapl_root))
+
+    def generations():
+        for _ in range(runs):
+            timings = []
+            new_per_run.append(len(generator(prompt_ids, max_new_tokens, timings=timings)))
+            prefill.append(timings[0])
+            decode.extend(timings[1:])
+
+    joules, elapsed = rapl_energy(generations, rapl_root)
+    tokens = sum(new_per_run)
     if joules is None:
         energy = {"measured": False,
                   "reason": f"no readable RAPL counters under {rapl_root}"}
@@ -648,6 +668,49 @@ def format_bench(result):
     ])
 
 
+# ---------------------------------------------------------------------------- calibration
+#
+# --calibrate's measurements and the profile it writes are in calibrate.py, which every
+# bundle carries beside this file; `calibration()` loads it for --calibrate alone, so
+# generating never reads it. What stays here is what the command line states.
+
+# Only a CPU profile can be the base: numpy and onnxruntime's CPU provider measure the CPU.
+# This file cannot read profiles/ (a device has no qtf_edge); a test keeps the list equal
+# to the shipped profiles of kind cpu.
+CALIBRATION_BASES = ("cpu_xeon", "edge_mobile", "rpi4", "rpi5")
+CALIBRATION_RUNS = 10   # generations timed for the decode efficiency (--bench overrides)
+CALIBRATION_THREADS = 1  # the decode's threads unless --threads: qtf-edge profile's default
+CALIBRATION_FILE = "calibrate.py"
+_calibration_module = None
+
+
+def calibration():
+    """calibrate.py as a module, loaded once from the folder this file is in, with this
+    module set in it as `run` before it runs: it times this runner's Generator and bench
+    and raises its BundleError rather than keeping copies. It is compiled from source and
+    never cached as bytecode, so the bundle folder stays as it was shipped. This module
+    must be in sys.modules under its name, as `python3 run.py`, runpy and qtf_edge's
+    runner_module put it."""
+    global _calibration_module
+    if _calibration_module is None:
+        runner = sys.modules.get(__name__)
+        if runner is None or vars(runner) is not globals():
+            raise RuntimeError(f"run.py is not in sys.modules as {__name__!r}: load it as a "
+                               f"module there to calibrate")
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), CALIBRATION_FILE)
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError:
+            raise RuntimeError(f"{CALIBRATION_FILE} is not beside run.py ({path}); "
+                               f"--calibrate needs it") from None
+        module = types.ModuleType("qtf_edge_calibrate")
+        module.__file__, module.run = path, runner
+        exec(compile(source, path, "exec"), vars(module))
+        _calibration_module = module
+    return _calibration_module
+
+
 # ---------------------------------------------------------------------------- command line
 
 class _Parser(argparse.ArgumentParser):
@@ -667,7 +730,8 @@ def _parser():
     p.add_argument("--bench", type=int, default=0, metavar="N",
                    help="time N greedy generations of --max-new-tokens after --prompt: "
                         "prefill and per-token decode ms (median, p90), tokens/s, peak "
-                        "RSS, and energy per token where RAPL counters are readable")
+                        "RSS, and energy per token where RAPL counters are readable (with "
+                        f"--calibrate: the generations it times, default {CALIBRATION_RUNS})")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens to generate (default: generation.json)")
     p.add_argument("--temperature", type=float, default=None,
@@ -677,11 +741,22 @@ def _parser():
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads of the runtime (0 = its default)")
+                   help="intra-op threads of the runtime (0 = its default; with "
+                        f"--calibrate, default {CALIBRATION_THREADS}, as qtf-edge profile's)")
     p.add_argument("--int8", action="store_true", help="use the int8 graphs")
     p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES,
                    help="inference runtime (auto: the bundle's own if installed, else "
                         "another that runs one of its formats)")
+    p.add_argument("--calibrate", default=None, metavar="PROFILE.yaml",
+                   help="measure this device instead of generating (peak FLOP/s by numpy "
+                        "sgemm, memory bandwidth by a numpy copy, the bundle's decode "
+                        "efficiency, power where RAPL is readable) and write a hardware "
+                        "profile for `qtf-edge profile BUNDLE --target PROFILE.yaml`")
+    p.add_argument("--calibrate-base", default=None, metavar="PROFILE",
+                   help=f"the shipped profile whose figures fill what --calibrate does not "
+                        f"measure: one of {', '.join(CALIBRATION_BASES)}")
+    p.add_argument("--calibrate-name", default=None, metavar="NAME",
+                   help="the calibrated profile's name (default: the file's stem)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming text")
     p.add_argument("--quiet", action="store_true", help="no notes on stderr")
@@ -786,7 +861,16 @@ def main(argv=None):
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.exists(folder) else "not found"
         return _error(f"{folder}: {what}; expected a bundle folder")
-    if args.prompt is None and not args.interactive:
+    calibration_flags = [flag for flag, value in (("--calibrate-base", args.calibrate_base),
+                                                  ("--calibrate-name", args.calibrate_name))
+                         if value is not None]
+    if args.calibrate is None and calibration_flags:
+        return _error(f"{calibration_flags[0]} goes with --calibrate PROFILE.yaml")
+    if args.calibrate is not None:
+        if args.interactive or args.int8 or args.runtime not in ("auto", "onnxruntime"):
+            return _error("--calibrate times the float ONNX graphs with onnxruntime; drop "
+                          "--interactive, --int8 and --runtime")
+    elif args.prompt is None and not args.interactive:
         return _error("give --prompt TEXT (or --interactive)")
     if args.interactive and args.bench:
         return _error("--bench and --interactive do not go together")
@@ -806,6 +890,8 @@ def main(argv=None):
         if args.max_new_tokens is not None and args.max_new_tokens > context - 1:
             raise ValueError(f"--max-new-tokens {args.max_new_tokens} is beyond the context: "
                              f"this model sees {context} tokens, the prompt's included")
+        if args.calibrate is not None:
+            return calibration().calibrate_command(args, folder, manifest, note)
         settings = _settings(args, folder)
         tokenizer = _load_tokenizer(folder, note)
         generator = Generator(folder, args.int8, settings["threads"], args.runtime,

@@ -207,10 +207,11 @@ def test_round_trip_and_manifest(bundle, parts):
     names = {e["path"] for e in manifest["files"]}
     assert names == {"prefill.onnx", "decode.onnx", "prefill_int8.onnx", "decode_int8.onnx",
                      "tokenizer.json", "config.json", "generation.json", "run.py",
-                     "README.txt", "requirements.txt", "byte_bpe.py"}
+                     "README.txt", "requirements.txt", "byte_bpe.py", "calibrate.py"}
     for entry in manifest["files"]:
         assert entry["bytes"] == (bundle / entry["path"]).stat().st_size
-    assert (bundle / "run.py").read_bytes() == RUNNER.read_bytes()
+    for name in ("run.py", "byte_bpe.py", "calibrate.py"):  # the runner's files, as they are
+        assert (bundle / name).read_bytes() == (RUNNER.parent / name).read_bytes()
     from qtf_edge.runs import sha256_file
     assert manifest["source"]["model_sha256"] == sha256_file(parts["run"] / "model.safetensors")
     assert manifest["source"]["path"] == str(parts["run"].resolve())

@@ -274,3 +274,56 @@ def test_estimator_accepts_name_and_profile():
     assert a.estimate(1e9, 1e7) == b.estimate(1e9, 1e7)
     with pytest.raises(ProfileError):
         EnergyEstimator("no_such_device")
+
+
+# --- profiles with a base (run.py --calibrate writes them) ---------------------------------
+
+
+def _calibrated(**extra) -> dict:
+    data = {"name": "my-pi", "description": "calibrated for a test", "kind": "cpu",
+            "base": "rpi4",
+            "figures": {"peak_flops": {"value": 1.2e10, "unit": "FLOP/s",
+                                       "source": "measured: sgemm on the test board"}},
+            "optional": {"decode_efficiency": {"value": 0.25, "unit": "fraction",
+                                               "source": "measured: run.py --calibrate"}}}
+    data.update(extra)
+    return data
+
+
+def test_a_base_fills_what_the_file_does_not_measure(tmp_path):
+    rpi4 = load_profile("rpi4")
+    p = load_profile(_write(tmp_path, _calibrated(), "my-pi.yaml"))
+    assert p.name == "my-pi" and p.base == "rpi4" and rpi4.base is None
+    assert p.peak_flops == 1.2e10 and p.sources["peak_flops"].startswith("measured:")
+    for key in set(REQUIRED_FIGURES) - {"peak_flops"}:
+        assert getattr(p, key) == getattr(rpi4, key)
+        assert p.sources[key] == f"from base profile rpi4: {rpi4.sources[key]}"
+    assert p.optional["decode_efficiency"].value == 0.25  # its own optional figures
+    assert p.optional["cores"].value == 4.0  # and the base's, labelled
+    assert p.optional["cores"].source.startswith("from base profile rpi4: ")
+
+
+def test_a_file_overrides_its_base_and_is_validated_whole(tmp_path):
+    own_cores = _calibrated(optional={"cores": {"value": 2, "unit": "count",
+                                                "source": "measured: affinity"}})
+    assert load_profile(_write(tmp_path, own_cores)).optional["cores"].value == 2
+    too_idle = _calibrated()  # idle above the base's active power (6.4 W)
+    too_idle["figures"]["idle_power"] = {"value": 9.0, "unit": "W", "source": "measured: x"}
+    with pytest.raises(ProfileError, match="idle_power"):
+        load_profile(_write(tmp_path, too_idle))
+
+
+@pytest.mark.parametrize("base", ["cray1", 3, None])
+def test_an_unknown_base_names_the_file_and_the_field(tmp_path, base):
+    path = _write(tmp_path, _calibrated(base=base), "bad-base.yaml")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert "bad-base.yaml" in message and "base" in message and "rpi4" in message  # known
+
+
+def test_without_a_base_every_figure_is_required(tmp_path):
+    data = _calibrated()
+    del data["base"]
+    with pytest.raises(ProfileError, match="figures.memory_bandwidth is missing"):
+        load_profile(_write(tmp_path, data))

@@ -9,5 +9,6 @@ from qtf_edge.cli import (  # noqa: F401
     info,
     pareto,
     profile,
+    report,
     train,
 )

@@ -10,7 +10,7 @@ from qtf_edge.cli.main import cli, user_errors_exit_2
 from qtf_edge.cli.run_loading import load_run_and_tokenizer
 from qtf_edge.cli.tables import format_table, number
 from qtf_edge.data import DataError, default_corpus, read_corpus
-from qtf_edge.evaluate import evaluate_text, per_token_trace
+from qtf_edge.evaluate import evaluate_text, per_token_trace, visible_text
 
 
 def _read_data(data: str | None) -> tuple[str, list[str]]:
@@ -39,11 +39,6 @@ def _summary(run_dir: str, data: str, result) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
-def _shown(text: str) -> str:
-    """A token's text with whitespace made visible (a leading space is meaningful)."""
-    return text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
-
-
 def trace_table(rows: list[dict]) -> str:
     """One row per token; per block: entropy S (nats), hardness h, route and TT rank."""
     n_blocks = len(rows[0]["blocks"]) if rows else 0
@@ -54,7 +49,7 @@ def trace_table(rows: list[dict]) -> str:
         headers += [f"b{b} S", f"b{b} h", f"b{b} route", f"b{b} rank"]
     table = []
     for row in rows:
-        cells = [row["position"], _shown(row["text"])]
+        cells = [row["position"], visible_text(row["text"])]
         for block in row["blocks"]:
             cells += [f"{block['entropy']:.3f}", f"{block['hardness']:.2f}",
                       block["route"] or "-", "-" if block["rank"] is None else block["rank"]]

@@ -7,6 +7,10 @@ to SI units (FLOP/s, B/s, J, W, gCO2/kWh) and refuses a file that is malformed, 
 or a source, uses an unknown unit, or has a non-positive or non-numeric value. Each refusal is a
 :class:`ProfileError` with a one-line message naming the file and the field.
 
+A profile may name a shipped profile as its ``base`` (``run.py --calibrate`` writes such
+files): it then gives only the figures it measured, and every other figure, optional ones
+included, comes from the base with its source prefixed ``from base profile <base>: ``.
+
 The schema is documented in ``profiles/README.md``.
 """
 
@@ -54,7 +58,7 @@ _UNITS: dict[str, dict[str, float]] = {
 
 REQUIRED_FIGURES: tuple[str, ...] = tuple(_UNITS)
 _TOP_LEVEL_REQUIRED = ("name", "description", "kind", "figures")
-_TOP_LEVEL_OPTIONAL = ("optional",)
+_TOP_LEVEL_OPTIONAL = ("optional", "base")
 
 # PyYAML follows YAML 1.1, where `1e9` (no dot, unsigned exponent) is a *string*, not a float.
 # Accept exactly that spelling of a number so a profile author is not tripped by it; any other
@@ -89,6 +93,7 @@ class HardwareProfile:
     figures: figure name -> Figure as written (value, unit, source)
     optional: extra figures (e.g. ``cores``) as written; not converted
     path: the YAML file the profile came from
+    base: the shipped profile the figures this file does not give come from, or None
     """
 
     name: str
@@ -105,6 +110,7 @@ class HardwareProfile:
     figures: Mapping[str, Figure] = field(hash=False, repr=False)
     optional: Mapping[str, Figure] = field(hash=False, repr=False)
     path: Path = field(repr=False)
+    base: str | None = None
 
     @property
     def ridge_point(self) -> float:
@@ -173,27 +179,31 @@ def _parse(data: Any, path: Path) -> HardwareProfile:
     if data["kind"] not in KINDS:
         raise _fail(path, "kind", f"must be one of {', '.join(KINDS)}, got {data['kind']!r}")
 
+    base = _base(data, path)
     raw_figures = data["figures"]
     if not isinstance(raw_figures, dict):
         raise _fail(path, "figures", f"must be a mapping, got {raw_figures!r}")
     for key in REQUIRED_FIGURES:
-        if key not in raw_figures:
+        if key not in raw_figures and base is None:
             raise _fail(path, f"figures.{key}", "is missing")
     extra = sorted(set(raw_figures) - set(REQUIRED_FIGURES), key=str)
     if extra:
         raise _fail(path, f"figures.{extra[0]}", "is not a known figure (put extras under optional:)")
-    figures = {
+    figures = {} if base is None else _inherited(base.figures, base.name)
+    figures.update({
         key: _parse_figure(raw_figures[key], path, f"figures.{key}", _UNITS[key])
-        for key in REQUIRED_FIGURES
-    }
+        for key in REQUIRED_FIGURES if key in raw_figures
+    })
+    figures = {key: figures[key] for key in REQUIRED_FIGURES}
 
     raw_optional = data.get("optional") or {}
     if not isinstance(raw_optional, dict):
         raise _fail(path, "optional", f"must be a mapping, got {raw_optional!r}")
-    optional = {
+    optional = {} if base is None else _inherited(base.optional, base.name)
+    optional.update({
         str(key): _parse_figure(raw, path, f"optional.{key}", None)
         for key, raw in raw_optional.items()
-    }
+    })
 
     si = {key: fig.value * _UNITS[key][fig.unit] for key, fig in figures.items()}
     if si["idle_power"] > si["active_power"]:
@@ -210,4 +220,23 @@ def _parse(data: Any, path: Path) -> HardwareProfile:
         figures=figures,
         optional=optional,
         path=path,
+        base=None if base is None else base.name,
     )
+
+
+def _base(data: Mapping, path: Path) -> HardwareProfile | None:
+    """The shipped profile named by the file's `base`, or None without one. Only a shipped
+    profile can be a base, so a chain of bases never forms."""
+    if "base" not in data:
+        return None
+    name = data["base"]
+    known = list_profiles()
+    if not isinstance(name, str) or name not in known:
+        raise _fail(path, "base", f"{name!r} is not a shipped profile (known: {', '.join(known)})")
+    return load_profile(name)
+
+
+def _inherited(figures: Mapping[str, Figure], base: str) -> dict[str, Figure]:
+    """The base's figures, each source saying where it came from."""
+    return {key: Figure(fig.value, fig.unit, f"from base profile {base}: {fig.source}")
+            for key, fig in figures.items()}

@@ -11,16 +11,20 @@ A bundle holds
                                        threads, stop_token_ids)
     run.py                             a copy of runtimes/run.py: the torch-free runner
     byte_bpe.py                        its tokenizer where the `tokenizers` wheel is absent
+    calibrate.py                       its --calibrate measurements (a device's profile)
     README.txt                         the command to run on the device
     requirements.txt                   what the device installs (runtimes/requirements-*.txt)
     manifest.json                      written last: sha256 and size of every file above,
                                        graph I/O, context length, vocabulary size, source
-                                       checkpoint, validation results, tool versions
+                                       checkpoint, validation results, tool versions, the
+                                       decode step's workload (run.py --calibrate)
 
 `write_bundle` stages the folder beside `out` and renames it into place when whole, so
 `out` is absent (or the old bundle) or complete. `verify_bundle` checks a folder against
 its manifest; it is the function in runtimes/run.py, loaded from that file (see
-`runner_module`), so the host and the device run the very same check.
+`runner_module`), so the host and the device run the very same check. The calibration
+(runtimes/calibrate.py) is loaded the way the device loads it, by the runner (see
+`calibration_module`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import textwrap
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -49,6 +54,7 @@ __all__ = [
     "QUANTUM_NOTE",
     "BundleError",
     "BundleExistsError",
+    "calibration_module",
     "check_bundle_out",
     "graph_io",
     "runner_module",
@@ -62,9 +68,12 @@ README_FILE = "README.txt"
 GENERATION_FILE = "generation.json"
 # Written by write_bundle itself; a caller may not pass files with these names.
 TOKENIZER_FALLBACK_FILE = "byte_bpe.py"  # run.py's tokenizer where `tokenizers` is absent
+CALIBRATION_FILE = "calibrate.py"  # run.py --calibrate's measurements
+# runtimes/ files copied into every bundle as they are: the runner and what it loads beside it
+RUNNER_FILES = (RUNNER_FILE, TOKENIZER_FALLBACK_FILE, CALIBRATION_FILE)
 REQUIREMENTS_FILE = "requirements.txt"  # runtimes/requirements-<runtime>.txt, for pip
-GENERATED_FILES = (RUNNER_FILE, TOKENIZER_FALLBACK_FILE, README_FILE, GENERATION_FILE,
-                   REQUIREMENTS_FILE, MANIFEST_FILE)
+GENERATED_FILES = (*RUNNER_FILES, README_FILE, GENERATION_FILE, REQUIREMENTS_FILE,
+                   MANIFEST_FILE)
 TOOL_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy",
                       "tokenizers", "litert-torch", "ai-edge-quantizer", "ai-edge-litert",
                       "qtf-edge")
@@ -74,7 +83,8 @@ QUANTUM_NOTE = ("The 'quantum' parts of the model (few-qubit circuits) were simu
                 "simulator.")
 _MANIFEST_KEYS_REQUIRED = ("target", "runtime", "graphs", "context_length", "vocab_size",
                            "source")
-_MANIFEST_KEYS_OPTIONAL = ("validation", "generation", "recipe", "compiler_command", "extra")
+_MANIFEST_KEYS_OPTIONAL = ("validation", "generation", "recipe", "compiler_command",
+                           "decode_workload", "extra")
 _END_OF_TEXT = "<|endoftext|>"
 
 
@@ -87,15 +97,24 @@ def runner_module() -> ModuleType:
     Bundle verification has one implementation, in the device-side runner: the runner is the
     single source of truth of what a device accepts, and it cannot import qtf_edge (the
     device has no torch and no qtf_edge), so the host loads the runner's file instead of
-    keeping a second copy of the check that could drift from it.
+    keeping a second copy of the check that could drift from it. It is registered in
+    sys.modules (as importing would), where the runner finds itself to hand to calibrate.py.
     """
     path = data_dir("runtimes") / RUNNER_FILE
     spec = importlib.util.spec_from_file_location("qtf_edge_bundle_runner", path)
     if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
         raise ImportError(f"cannot load the bundle runner {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def calibration_module() -> ModuleType:
+    """runtimes/calibrate.py (run.py --calibrate's measurements and the profile it writes),
+    loaded once by the runner from beside it (its `calibration()`), as on the device: it
+    runs against `runner_module()`, so there is one loader and one runner."""
+    return runner_module().calibration()
 
 
 BundleError = runner_module().BundleError  # a ValueError; one line naming the bad file
@@ -220,7 +239,7 @@ def _check_fields(fields: Mapping, files: dict[str, Path]) -> None:
         if graph["file"] not in files:
             raise ValueError(f"manifest_fields['graphs'][{name!r}] names {graph['file']!r}, "
                              f"which is not among the bundled files")
-    for key in ("validation", "extra"):
+    for key in ("validation", "decode_workload", "extra"):
         if fields.get(key) is not None and not isinstance(fields[key], Mapping):
             raise ValueError(f"manifest_fields[{key!r}] must be a mapping, got {fields[key]!r}")
     for key, what in (("recipe", "the recipe's name or path"),
@@ -228,7 +247,7 @@ def _check_fields(fields: Mapping, files: dict[str, Path]) -> None:
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise ValueError(f"manifest_fields[{key!r}] must be a string ({what}), got "
                              f"{fields[key]!r}")
-    for key in ("graphs", "validation", "extra"):
+    for key in ("graphs", "validation", "decode_workload", "extra"):
         _check_json(fields.get(key), f"manifest_fields[{key!r}]")
 
 
@@ -352,8 +371,8 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
 
     files: bundle file name -> source path, copied as they are: the model files
         (prefill.onnx, decode.onnx, optional *_int8.onnx or *.tflite), tokenizer.json and
-        config.json. run.py, byte_bpe.py, README.txt, generation.json, requirements.txt and
-        manifest.json are written here.
+        config.json. run.py, byte_bpe.py, calibrate.py, README.txt, generation.json,
+        requirements.txt and manifest.json are written here.
     manifest_fields:
         target, runtime (str); context_length, vocab_size (int);
         graphs: artifact name -> {"file", "inputs", "outputs"} (see `graph_io`);
@@ -361,7 +380,9 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
         optional: validation (dict of results), generation (overrides of
         GENERATION_DEFAULTS; stop_token_ids defaults to the tokenizer's <|endoftext|>),
         recipe (str: the recipe's name or path), compiler_command (str: the command a
-        target's compiler is run with in the bundle folder), extra (dict, copied as is).
+        target's compiler is run with in the bundle folder), decode_workload (dict: one
+        decode step's FLOPs and bytes per part, export/workload.py; run.py --calibrate
+        reads it), extra (dict, copied as is).
     force: replace an existing `out` (only once the new bundle is complete; `out` must then
         be a bundle folder or empty, so a mistyped path cannot delete unrelated files).
 
@@ -384,7 +405,7 @@ def write_bundle(out: str | os.PathLike, files: dict[str, Path], manifest_fields
     with staged_directory(out, overwrite=force) as tmp:
         for name, path in sources.items():
             shutil.copyfile(path, tmp / name)
-        for name in (RUNNER_FILE, TOKENIZER_FALLBACK_FILE):
+        for name in RUNNER_FILES:
             shutil.copyfile(data_dir("runtimes") / name, tmp / name)
         shutil.copyfile(requirements_file(fields["runtime"]), tmp / REQUIREMENTS_FILE)
         write_json_atomic(tmp / GENERATION_FILE, generation)
@@ -423,6 +444,8 @@ def _manifest(folder: Path, fields: Mapping, source: dict, created: str) -> dict
         "tools": _tool_versions(),
         "note": QUANTUM_NOTE,
     }
+    if fields.get("decode_workload"):
+        manifest["decode_workload"] = dict(fields["decode_workload"])
     if fields.get("extra"):
         manifest["extra"] = dict(fields["extra"])
     _check_json(manifest)

@@ -17,7 +17,8 @@ graph, float and int8: dynamic-range, or full-integer calibrated on representati
 tflite.py), validate (each artifact against torch on validation text, --data; thresholds
 from the recipe), edgetpu_check (what of the full-integer graph the Edge TPU would run;
 edgetpu.py), bundle (staged beside --out, renamed into place only when every pass
-succeeded).
+succeeded; its manifest carries the decode step's workload for run.py --calibrate,
+workload.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from qtf_edge.export.tflite import (
 )
 from qtf_edge.export.tflite_ops import module_outputs
 from qtf_edge.export.validate import check_thresholds, validate_graphs
+from qtf_edge.export.workload import MANIFEST_KEY as WORKLOAD_KEY
+from qtf_edge.export.workload import manifest_entry as workload_entry
 from qtf_edge.runs import load_run
 from qtf_edge.train.budget import measure
 
@@ -251,12 +254,15 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
         graphs.update({Path(row["model"]["file"]).stem: row["model"]
                        for row in report["passes"] if row["pass"].startswith("tflite")})
         progress("pass bundle")
+        # last: it sets the decode graph's lowerings on the model
+        workload = workload_entry(model, seq_len, lowerings.get("decode"))
         write_bundle(out, files, {
             "target": recipe.name, "runtime": recipe.runtime, "graphs": graphs,
             "context_length": seq_len, "vocab_size": model.config.vocab_size,
             "source": str(checkpoint), "validation": validation, "recipe": recipe.name,
             "compiler_command": compiler_command(recipe),
-            "generation": {"threads": recipe.threads}, "extra": {REPORT_KEY: report}},
+            "generation": {"threads": recipe.threads}, WORKLOAD_KEY: workload,
+            "extra": {REPORT_KEY: report}},
             force=options.force)
     return report
 

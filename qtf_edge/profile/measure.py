@@ -2,8 +2,7 @@
 
 Every artifact runs in its own process (`run.py BUNDLE --bench N --json --runtime R
 [--int8]`): the runner a device uses, and a peak RSS that belongs to that artifact alone.
-The decode step's workload (FLOPs and bytes per part, for predictions) comes from the run
-the bundle was exported from, with the TT lowerings the export chose for the decode graph.
+A run folder (or a bundle's source run) is timed in eager PyTorch by the same bench.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from qtf_edge.cost.counts import model_cost
 from qtf_edge.export.bundle import runner_module
-from qtf_edge.export.lowering import apply_lowering
 from qtf_edge.runs import MODEL_FILE, load_run, sha256_file
 
 # artifact -> (its files, the first marking it present; runtime; int8)
@@ -99,15 +96,3 @@ def present_artifacts(manifest: dict) -> list[str]:
     return [name for name, (artifact_files, _, _) in ARTIFACTS.items()
             if artifact_files[0] in files]
 
-
-def decode_workload(run, manifest: dict, context: int) -> dict[str, tuple[float, float]]:
-    """{part: (FLOPs, bytes)} of one decode step at `context` tokens of the bundle's source
-    run, with the TT lowerings the export chose for the decode graph (set on its model)."""
-    model = run.model.eval()
-    report = manifest.get("extra", {}).get("export", {})
-    lowering = next((p["details"]["layers"] for p in report.get("passes", [])
-                     if p.get("pass") == "lower_tt"), None)
-    if lowering:
-        apply_lowering(model, lowering["decode"])
-    return {part: (cost.flops, cost.bytes_moved)
-            for part, cost in model_cost(model, 1, context).items()}

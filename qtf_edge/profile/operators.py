@@ -83,6 +83,7 @@ def decode_breakdown(bundle: Path, prompt_ids: list[int], steps: int, threads: i
     for _, op, us in kernels:
         ops[op] += us
     return {"graph": "decode.onnx", "steps": steps, "threads": threads,
+            "method": "onnxruntime's profiler (it slows every kernel, so read the shares)",
             "ms_per_step": sum(us for _, _, us in kernels) / steps / 1e3,
             "parts": group_by_part(kernels, steps),
             "top_ops": [{"op": op, "ms_per_step": us / steps / 1e3}

@@ -1,0 +1,1 @@
+"""qtf-edge report: one self-contained HTML page about a run or a bundle."""
