@@ -13,7 +13,7 @@ For each bundle (`--bundle NAME=PATH`, made by `qtf-edge export ... --target rpi
                 a copy loop measures in the same run (run.py --calibrate's: numpy, 256 MiB, best of 5)
 Ratios are against the first bundle (the dense baseline).
 
-    python benchmarks/profile.py --bundle dense=bundles/dense-rpi --bundle qtf=bundles/qtf-rpi
+    python benchmarks/profile_bundles.py --bundle dense=bundles/dense-rpi --bundle qtf=bundles/qtf-rpi
 """
 
 from __future__ import annotations
