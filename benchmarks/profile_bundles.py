@@ -25,7 +25,7 @@ from pathlib import Path
 from qtf_edge.cost.model_energy import estimate_model_energy
 from qtf_edge.host import describe_host
 from qtf_edge.export.bundle import calibration_module, verify_bundle
-from qtf_edge.profile.pipeline import ProfileOptions, profile_bundle
+from qtf_edge.profile.pipeline import ProfileOptions, profile_path
 from qtf_edge.runs import load_run
 
 ENERGY_PROFILES = ("cpu_xeon", "rpi4", "edge_tpu", "edge_mobile")
@@ -53,7 +53,7 @@ def main() -> None:
     rows = []
     for spec in args.bundle:
         name, _, path = spec.partition("=")
-        report = profile_bundle(Path(path), options)
+        report = profile_path(Path(path), options)
         onnx = next(r for r in report["measured"] if r["artifact"] == "onnx")
         decode_ms = onnx["decode_ms_per_token"]["median"]
         model = load_run(verify_bundle(Path(path))["source"]["path"]).model

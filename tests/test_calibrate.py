@@ -21,7 +21,7 @@ from cli_helpers import invoke
 from qtf_edge.cost.profiles import list_profiles, load_profile
 from qtf_edge.export.bundle import calibration_module, runner_module, verify_bundle
 from qtf_edge.export.workload import decode_context, graph_lowering, step_workload
-from qtf_edge.profile.pipeline import ProfileOptions, profile_bundle
+from qtf_edge.profile.pipeline import ProfileOptions, profile_path
 from qtf_edge.profile.predict import roofline_ms
 from qtf_edge.runs import load_run
 
@@ -194,7 +194,7 @@ def test_a_calibrated_profile_predicts_the_device_it_measured(bundle, tmp_path):
     workload = verify_bundle(folder)["decode_workload"]
     options = ProfileOptions(runs=1, seq_len=workload["prompt_tokens"],
                              new_tokens=workload["new_tokens"], targets=(str(out), "rpi4"))
-    mine, rpi4 = profile_bundle(folder, options)["predictions"]
+    mine, rpi4 = profile_path(folder, options)["predictions"]
     assert mine["efficiency_from"] == "calibrated on device" and rpi4["efficiency_from"] == "host"
     assert mine["latency_ms"] == pytest.approx(measured["decode"]["decode_ms"], rel=1e-5)
     text = invoke("profile", folder, "--runs", "1", "--seq-len", "8", "--new-tokens", "4",
@@ -232,6 +232,6 @@ def test_an_efficiency_measured_with_other_threads_is_noted(bundle, tmp_path):
     (tmp_path / "four.yaml").write_text(text)
     options = dataclasses.replace(ProfileOptions(runs=1, seq_len=8, new_tokens=4, threads=2),
                                   targets=(str(tmp_path / "four.yaml"),))
-    report = profile_bundle(folder, options)
+    report = profile_path(folder, options)
     assert report["predictions"][0]["efficiency"] == 0.25
     assert any("four:" in note and "--threads 2" in note for note in report["notes"])

@@ -22,7 +22,6 @@ from qtf_edge.profile.pipeline import (
     ProfileOptions,
     label_energy,
     per_threads,
-    profile_bundle,
     profile_path,
 )
 from qtf_edge.profile.predict import Query, host_energy, predict
@@ -147,7 +146,7 @@ def bundle(tmp_path_factory):
 
 def test_every_artifact_is_measured_and_every_energy_labelled(bundle):
     source, folder, _ = bundle
-    report = profile_bundle(folder, FAST)
+    report = profile_path(folder, FAST)
     assert [r["artifact"] for r in report["measured"]] == ["torch", "onnx", "onnx_int8",
                                                             "tflite", "tflite_int8"]
     assert report["measured"][0]["runtime"] == "torch (eager)"
@@ -211,7 +210,7 @@ def test_without_its_source_run_a_bundle_is_measured_but_not_predicted(bundle, t
     moved = tmp_path / "elsewhere"
     shutil.move(source, moved)
     try:
-        report = profile_bundle(folder, dataclasses.replace(FAST, runs=1))
+        report = profile_path(folder, dataclasses.replace(FAST, runs=1))
     finally:
         shutil.move(moved, source)
     assert report["predictions"] == [] and "no predictions" in report["notes"][0]

@@ -140,7 +140,8 @@ def test_torch_part_timing_covers_the_step_and_removes_its_hooks():
     assert math.isclose(sum(p["share"] for p in result["parts"].values()), 1.0)
     modules = part_modules(model)
     assert "blocks.1.encoder" in modules and "blocks.0.ffn" in modules
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in modules.values())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks
+               for m in [model, *modules.values()])
 
 
 # ---------------------------------------------------------------------------- the browser
@@ -205,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_2(folders, tmp_path):
     out = tmp_path / "r.html"
     small = ("--seq-len", "8", "--new-tokens", "4")  # the tiny runs' context is 32
     for args, words in (((tmp_path / "nowhere", "--out", out), ["nowhere", "not found"]),
-                        ((tmp_path, "--out", out), ["neither a bundle"]),
+                        ((tmp_path, "--out", out), ["holds neither", "expected a bundle folder"]),
                         ((bundle, "--out", tmp_path / "r.txt"), ["--out", ".html"]),
                         ((bundle, "--out", tmp_path / "no" / "r.html"), ["--out", "not exist"]),
                         ((bundle, "--out", out, "--runs", "0"), ["--runs"]),
@@ -214,7 +215,10 @@ def test_bad_input_is_one_line_and_exit_2(folders, tmp_path):
                          ["--data"]),
                         ((folders["child"], "--out", out), ["--seq-len 32", "context of 32"])):
         assert_one_line_error(invoke("report", *args), *words)
-    assert not out.exists()
+    (tmp_path / "taken.json").mkdir()  # where the page's JSON would go
+    assert_one_line_error(invoke("report", bundle, "--out", tmp_path / "taken.html"),
+                          "taken.json", "cannot write")
+    assert not out.exists() and not (tmp_path / "taken.html").exists()
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle, tampered)
     (tampered / "config.json").write_text("{}")

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from qtf_edge.cli.main import cli
 from qtf_edge.config import ModelConfig
+from qtf_edge.data import read_corpus, train_tokenizer
 from qtf_edge.model import QTensorFormer
 from qtf_edge.presets import PRESETS, preset
 from qtf_edge.runs import (
@@ -157,6 +158,20 @@ def _interrupt_at(monkeypatch, stop_step: int) -> None:
         return loss
 
     monkeypatch.setattr(loop, "train_step", step_then_signal)
+
+
+def test_a_given_tokenizer_is_used_instead_of_training_one(tmp_path, corpus):
+    """train_run(tokenizer_json=...): the run keeps that tokenizer, byte for byte, and
+    trains on its ids (here one trained on other text than --data)."""
+    other = train_tokenizer(read_corpus(corpus[1]), vocab_size=MICRO_TRAIN["vocab_size"])
+    given = other.to_str(pretty=True).encode("utf-8")
+    own = micro_run(tmp_path / "own", corpus)
+    shared = loop.train_run(tmp_path / "shared", preset_name="tiny", data=corpus[0],
+                            valid=corpus[1], model_overrides=MICRO_MODEL,
+                            train_overrides=MICRO_TRAIN, quiet=True, tokenizer_json=given)
+    assert (tmp_path / "shared" / "tokenizer.json").read_bytes() == given
+    assert (tmp_path / "own" / "tokenizer.json").read_bytes() != given
+    assert shared.step == own.step == MICRO_TRAIN["steps"]
 
 
 @pytest.mark.parametrize("arch", ["qtf", "dense"])

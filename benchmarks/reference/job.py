@@ -59,20 +59,14 @@ def train_row(row: Row, layout: Layout, plan_meta: dict, device: str, command: s
     """Train a new run with the plan's tokenizer, or resume the row's run folder. Raises
     TrainingInterrupted (SIGINT, after a checkpoint) and BudgetError as train_run does."""
     from qtf_edge.train import train_run
-    from qtf_edge.train.loop import run_session
-    from qtf_edge.train.setup import prepare_session
 
     folder, data = layout.train(row), plan_meta["data"]
     step = checkpoint_step(folder)
     if step is None:
-        # prepare_session takes an existing tokenizer (train_run does not pass one through
-        # for a single process); run_session is train_run's loop.
-        session = prepare_session(
-            out=folder, preset_name=row.size, arch=row.arch, data=data["train"],
-            valid=data["valid"], model_overrides=row.model,
-            train_overrides={**row.train, "device": device}, overwrite=True,
-            command=command, tokenizer_json=layout.tokenizer.read_bytes())
-        run_session(session, quiet=False)
+        train_run(folder, preset_name=row.size, arch=row.arch, data=data["train"],
+                  valid=data["valid"], model_overrides=row.model,
+                  train_overrides={**row.train, "device": device}, overwrite=True,
+                  command=command, tokenizer_json=layout.tokenizer.read_bytes())
     elif step < row.train["steps"]:
         train_run(resume=folder, data=data["train"], valid=data["valid"],
                   train_overrides={"device": device}, command=command)

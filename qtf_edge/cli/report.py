@@ -45,14 +45,15 @@ def report(path, out, data, text, max_tokens, runs, seq_len, new_tokens, threads
     """
     if not str(out).endswith((".html", ".htm")):
         raise ValueError(f"--out {out}: expected an .html file name")
-    check_writable(out)  # before minutes of measuring
+    json_path = Path(out).with_suffix(".json")
+    for written in (out, json_path):  # before minutes of measuring
+        check_writable(str(written))
     measure = ProfileOptions(host_profile=host_profile, targets=tuple(targets), runs=runs,
                              seq_len=seq_len, new_tokens=new_tokens, threads=threads,
                              data=data)
     options = ReportOptions(measure, text=text, max_tokens=max_tokens)
     doc, figures = build_report(path, options, progress=(lambda line: None) if quiet or as_json
                                 else (lambda line: click.echo(line, err=True)))
-    json_path = Path(out).with_suffix(".json")
     write_json_atomic(json_path, doc)
     write_text_atomic(out, render_html(doc, figures))
     if as_json:

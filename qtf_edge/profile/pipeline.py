@@ -1,4 +1,4 @@
-"""`profile_path`: measure a bundle or a run folder here, label its energy, predict it
+"""`profile_path` / `profile_subject`: measure a bundle or a run folder here, label its energy, predict it
 elsewhere."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from qtf_edge.profile.predict import (
     host_energy,
     predict,
 )
-from qtf_edge.runs import CONFIG_FILE, MODEL_FILE, load_run
+from qtf_edge.runs import CONFIG_FILE, MODEL_FILE, Run, load_run
 
 DEFAULT_TARGETS = ("rpi4", "rpi5", "edge_tpu", "edge_mobile")
 
@@ -158,30 +158,57 @@ def _report(options: ProfileOptions, host, rows, workloads, predictions, notes,
             "predictions": predictions, "notes": notes}
 
 
-def profile_path(path, options: ProfileOptions = ProfileOptions(), *,
-                 progress=lambda line: None) -> dict:
-    """Profile a bundle (it has manifest.json) or a run folder (config.json and
-    model.safetensors); ValueError (one line) for anything else."""
+@dataclass(frozen=True)
+class Subject:
+    """What is profiled: a bundle (its verified manifest, and its source run where that is
+    still there unchanged) or a run folder (no manifest)."""
+    path: Path
+    manifest: dict | None
+    run: Run | None
+
+
+def open_subject(path) -> Subject:
+    """A bundle (it has manifest.json; verified) or a run folder (config.json and
+    model.safetensors; loaded); ValueError (one line) for anything else."""
     path = Path(path)
     if (path / MANIFEST_FILE).is_file():
-        return profile_bundle(path, options, progress=progress)
+        manifest = verify_bundle(path)
+        return Subject(path, manifest, source_run(manifest))
     if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
-        return profile_run(path, options, progress=progress)
+        return Subject(path, None, load_run(path))
     what = ("not found" if not path.exists() else "is not a folder" if not path.is_dir()
             else f"holds neither {MANIFEST_FILE} nor {CONFIG_FILE} + {MODEL_FILE}")
     raise ValueError(f"{path}: {what}; expected a bundle folder ({MANIFEST_FILE}) or a run "
                      f"folder ({CONFIG_FILE} + {MODEL_FILE})")
 
 
-def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
-                   progress=lambda line: None) -> dict:
+def context_length(subject: Subject) -> int:
+    return (subject.run.config.context_length if subject.manifest is None
+            else subject.manifest["context_length"])
+
+
+def profile_path(path, options: ProfileOptions = ProfileOptions(), *,
+                 progress=lambda line: None) -> dict:
+    """Profile a bundle or a run folder (see open_subject)."""
+    return profile_subject(open_subject(path), options, progress=progress)
+
+
+def profile_subject(subject: Subject, options: ProfileOptions = ProfileOptions(), *,
+                    progress=lambda line: None) -> dict:
+    """A bundle's measured rows, or a run folder's torch row; with a bundle's source run
+    (or the run folder), its model takes the export's decode lowerings as a side effect
+    (function-preserving: the graphs' own)."""
+    if subject.manifest is not None:
+        return _profile_bundle(subject, options, progress)
+    return _profile_run(subject, options, progress)
+
+
+def _profile_bundle(subject: Subject, options: ProfileOptions, progress) -> dict:
     """Measured rows per artifact, their energy (measured by RAPL, else estimated, and
     labelled), and predictions for options.targets (labelled predicted)."""
-    bundle = Path(bundle)
-    manifest = verify_bundle(bundle)
+    bundle, manifest, run = subject.path, subject.manifest, subject.run
     host, targets = check_options(options, manifest["context_length"], "bundle")
     prompt, prompt_ids = _prompt(bundle / "tokenizer.json", options)
-    run = source_run(manifest)
     rows = []
     if run is not None:
         progress("measuring torch (eager)")
@@ -213,11 +240,10 @@ def profile_bundle(bundle, options: ProfileOptions = ProfileOptions(), *,
                    operators=operators)
 
 
-def profile_run(run_dir, options: ProfileOptions = ProfileOptions(), *,
-                progress=lambda line: None) -> dict:
+def _profile_run(subject: Subject, options: ProfileOptions, progress) -> dict:
     """A run folder in eager PyTorch (its only form here): the torch row, its labelled
     energy, and predictions from its own timing and its model as it is (no lowering)."""
-    run = load_run(run_dir)
+    run_dir, run = subject.path, subject.run
     host, targets = check_options(options, run.config.context_length, "run")
     _, prompt_ids = _prompt(run.tokenizer_path, options)
     progress("measuring torch (eager)")

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from qtf_edge.profile.measure import TorchGenerator
 from qtf_edge.profile.operators import group_by_part
 
 TOP_LEVEL = ("token_embedding", "position_embedding", "ln_final", "head")
@@ -30,15 +31,20 @@ def part_modules(model) -> dict[str, torch.nn.Module]:
 
 
 class _PartClock:
-    """Accumulates microseconds per module path while its hooks are installed."""
+    """Accumulates microseconds per module path while its hooks are installed, from the
+    model's second forward on: the first is the prompt's prefill, not a decode step."""
 
-    def __init__(self, modules: dict[str, torch.nn.Module]):
+    def __init__(self, model, modules: dict[str, torch.nn.Module]):
         self.us = dict.fromkeys(modules, 0.0)
+        self.forwards = 0
         self._started: dict[str, float] = {}
-        self._handles = []
+        self._handles = [model.register_forward_pre_hook(self._count)]
         for path, module in modules.items():
             self._handles.append(module.register_forward_pre_hook(self._start(path)))
             self._handles.append(module.register_forward_hook(self._stop(path)))
+
+    def _count(self, module, args):
+        self.forwards += 1
 
     def _start(self, path):
         def hook(module, args):
@@ -47,7 +53,9 @@ class _PartClock:
 
     def _stop(self, path):
         def hook(module, args, output):
-            self.us[path] += (time.perf_counter() - self._started.pop(path)) * 1e6
+            seconds = time.perf_counter() - self._started.pop(path)
+            if self.forwards > 1:
+                self.us[path] += seconds * 1e6
         return hook
 
     def remove(self) -> None:
@@ -56,25 +64,17 @@ class _PartClock:
 
 
 def torch_decode_breakdown(model, prompt_ids: list[int], steps: int, threads: int) -> dict:
-    """Prefill the prompt, then time `steps` greedy decode steps with the KV cache, per
-    part; the same shape as operators.decode_breakdown's result (no kernel counts)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    """Prefill the prompt, then time `steps` greedy decode steps with the KV cache (the
+    torch row's own generator), per part; the same shape as operators.decode_breakdown's
+    result (no kernel counts)."""
     model = model.eval()
-    clock = _PartClock(part_modules(model))
+    clock = _PartClock(model, part_modules(model))
+    timings: list[float] = []
     try:
-        with torch.inference_mode():
-            cache = model.new_cache()
-            logits = model(torch.tensor([list(prompt_ids)]), cache)[0, -1]
-            clock.us = dict.fromkeys(clock.us, 0.0)  # the prefill is not a decode step
-            total_us = 0.0
-            for _ in range(steps):
-                start = time.perf_counter()
-                logits = model(torch.tensor([[int(logits.argmax())]]), cache)[0, -1]
-                total_us += (time.perf_counter() - start) * 1e6
+        TorchGenerator(model, threads)(prompt_ids, steps + 1, timings=timings)
     finally:
         clock.remove()
-        torch.set_num_threads(previous)
+    total_us = sum(timings[1:]) * 1e6  # timings[0] is the prefill
     timed = [(f"{path}/forward", "", us) for path, us in clock.us.items()]
     # the model-level remainder: the tied head's product when there is no head module
     remainder_op = "MatMul" if getattr(model, "head", None) is None else ""

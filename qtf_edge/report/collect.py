@@ -18,19 +18,25 @@ from pathlib import Path
 
 from qtf_edge.data import default_corpus, load_tokenizer, read_corpus
 from qtf_edge.evaluate import evaluate_text, per_token_trace
-from qtf_edge.export.bundle import verify_bundle
+from qtf_edge.export.bundle import MANIFEST_FILE
 from qtf_edge.pareto import frontier_of_run, plot_png
-from qtf_edge.profile.measure import source_run
-from qtf_edge.profile.pipeline import ProfileOptions, check_options, profile_path
+from qtf_edge.profile.pipeline import (
+    ProfileOptions,
+    Subject,
+    check_options,
+    context_length,
+    open_subject,
+    profile_subject,
+)
 from qtf_edge.profile.predict import ESTIMATED, MEASURED
 from qtf_edge.report import plots
 from qtf_edge.run_info import QUERY_TOKENS, describe_run
-from qtf_edge.runs import LINEAGE_FILE, METRICS_FILE, MODEL_FILE, RunError, load_run, read_lineage
+from qtf_edge.runs import LINEAGE_FILE, METRICS_FILE, MODEL_FILE, RunError, read_lineage
 
 HEATMAP_TOKENS = 40   # tokens of the sample sentence drawn (a readable width)
 ANCESTRY_LIMIT = 16   # lineage hops searched for training evaluations
-QUANTUM_NOTE = ("'Quantum' parts are exact classical simulations of 4 qubits run on this "
-                "CPU; nothing here ran on quantum hardware.")
+QUANTUM_NOTE = ("'Quantum' parts are exact classical simulations of a few qubits run on "
+                "this CPU; nothing here ran on quantum hardware.")
 
 
 RUNS = 5  # generations per artifact: the report shows medians, not a benchmark
@@ -44,26 +50,14 @@ class ReportOptions:
     max_tokens: int = 8192        # tokens of the data evaluated
 
 
-def _is_bundle(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
-
-
-def _subject(path: Path) -> tuple[dict | None, object]:
-    """(the bundle's manifest or None, the run) of a bundle or run folder."""
-    if not path.is_dir():
-        raise ValueError(f"{path}: not found; expected a run folder or a bundle")
-    if not _is_bundle(path):
-        if not (path / MODEL_FILE).is_file():
-            raise ValueError(f"{path}: neither a bundle (manifest.json) nor a run folder "
-                             f"({MODEL_FILE}, config.json, tokenizer.json)")
-        return None, load_run(path)
-    manifest = verify_bundle(path)
-    run = source_run(manifest)
-    if run is None:
-        raise ValueError(f"{path}: its source run {manifest['source']['path']} is gone or "
-                         f"changed since the export; the report needs it for the model card "
-                         f"and the routing trace")
-    return manifest, run
+def _subject(path) -> Subject:
+    """The bundle or run folder, with the run the report reads its model from."""
+    subject = open_subject(path)
+    if subject.run is None:
+        raise ValueError(f"{subject.path}: its source run {subject.manifest['source']['path']} "
+                         f"is gone or changed since the export; the report needs it for the "
+                         f"model card and the routing trace")
+    return subject
 
 
 def _data_lines(options: ReportOptions) -> tuple[str, list[str]]:
@@ -75,9 +69,8 @@ def _data_lines(options: ReportOptions) -> tuple[str, list[str]]:
         raise ValueError(f"--data: {error}") from None
 
 
-def model_card(run, tokenizer, data: str, lines: list[str], options: ReportOptions,
-               manifest: dict | None) -> dict:
-    described = describe_run(run, profiles=[])
+def model_card(run, described: dict, tokenizer, data: str, lines: list[str],
+               options: ReportOptions, manifest: dict | None) -> dict:
     result = evaluate_text(run.model, tokenizer, lines, max_tokens=options.max_tokens)
     card = {key: described[key] for key in ("architecture", "form", "params", "dense_params",
                                             "compression_ratio", "flops", "tt_ranks")}
@@ -127,10 +120,10 @@ def sample_sentence(lines: list[str]) -> str:
                 max(lines, key=len))
 
 
-def latency_section(path: Path, options: ReportOptions, progress) -> dict:
+def latency_section(subject: Subject, options: ReportOptions, progress) -> dict:
     """`qtf-edge profile`'s measurements: the rows per artifact (a run: torch eager; a
     bundle: each graph through its run.py), decode time per part, predictions."""
-    profiled = profile_path(path, options.measure, progress=progress)
+    profiled = profile_subject(subject, options.measure, progress=progress)
     return {key: profiled[key] for key in ("measured", "predictions", "notes",
                                            "decode_context", "query")} | {
         "breakdown": profiled["operators"]}
@@ -149,7 +142,7 @@ def routing_section(run, tokenizer, text: str) -> tuple[dict, bytes | None]:
     return section, png
 
 
-def energy_section(run, latency: dict) -> dict:
+def energy_section(run, described: dict, latency: dict) -> dict:
     """Energy per query (profile's: the prompt's prefill, then new_tokens - 1 decode
     steps) on this machine, measured or estimated per artifact, and predicted on each
     target; per decoded token likewise; and, from the cost model alone, one forward pass
@@ -179,15 +172,16 @@ def energy_section(run, latency: dict) -> dict:
                 "co2_g": estimate["per_query"]["co2_g"],
                 "latency_ms": estimate["per_query"]["latency_ms"],
                 "basis": "cost model: FLOPs and bytes x the profile's rates"}
-               for name, estimate in describe_run(run)["estimates"].items()]
+               for name, estimate in described["estimates"].items()]
     return {"query": latency["query"], "per_query": per_query, "per_decoded_token": per_token,
             "forward_tokens": min(QUERY_TOKENS, run.config.context_length),
             "cost_model_forward": forward}
 
 
-def manifest_section(path: Path, manifest: dict | None, run) -> dict:
+def manifest_section(subject: Subject) -> dict:
+    manifest, run = subject.manifest, subject.run
     if manifest is not None:
-        return {"kind": "bundle", "file": str(path / "manifest.json"),
+        return {"kind": "bundle", "file": str(subject.path / MANIFEST_FILE),
                 **{key: manifest.get(key) for key in ("target", "runtime", "created", "format",
                                                       "format_version", "source", "tools",
                                                       "compiler_command", "validation")},
@@ -204,9 +198,9 @@ def manifest_section(path: Path, manifest: dict | None, run) -> dict:
 def build_report(path, options: ReportOptions = ReportOptions(), *,
                  progress=lambda line: None) -> tuple[dict, dict[str, bytes]]:
     """(the report document, {figure name: PNG bytes})."""
-    path = Path(path)
-    manifest, run = _subject(path)
-    check_options(options.measure, run.config.context_length,
+    subject = _subject(path)
+    run, manifest = subject.run, subject.manifest
+    check_options(options.measure, context_length(subject),
                   "bundle" if manifest else "run")  # before any work
     tokenizer = load_tokenizer(run.tokenizer_path)
     data, lines = _data_lines(options)
@@ -214,11 +208,13 @@ def build_report(path, options: ReportOptions = ReportOptions(), *,
     if not text.strip():
         raise ValueError("--text is empty: expected a sentence to trace")
     progress(f"evaluating {run.path} on {data}")
-    card = model_card(run, tokenizer, data, lines, options, manifest)
-    pareto, pareto_png = pareto_section(run.path)
-    latency = latency_section(path, options, progress)
+    # The model as trained, before profiling sets the export's decode lowerings on it.
+    described = describe_run(run)
+    card = model_card(run, described, tokenizer, data, lines, options, manifest)
     routing, routing_png = routing_section(run, tokenizer, text)
-    energy = energy_section(run, latency)
+    pareto, pareto_png = pareto_section(run.path)
+    latency = latency_section(subject, options, progress)
+    energy = energy_section(run, described, latency)
     figures = {"pareto": pareto_png, "routing": routing_png}
     if latency["breakdown"] is not None:
         figures["latency"] = plots.latency_bars(
@@ -229,9 +225,9 @@ def build_report(path, options: ReportOptions = ReportOptions(), *,
     figures["energy"] = plots.energy_bars(
         energy["per_query"], f"energy per query ({query['prompt_tokens']}-token prompt, "
                              f"{query['new_tokens']} new tokens)")
-    doc = {"subject": {"kind": "bundle" if manifest else "run", "path": str(path),
+    doc = {"subject": {"kind": "bundle" if manifest else "run", "path": str(subject.path),
                        "run": str(run.path)},
            "note": QUANTUM_NOTE, "options": asdict(options),
            "model_card": card, "pareto": pareto, "latency": latency, "routing": routing,
-           "energy": energy, "manifest": manifest_section(path, manifest, run)}
+           "energy": energy, "manifest": manifest_section(subject)}
     return doc, {name: png for name, png in figures.items() if png is not None}

@@ -81,7 +81,8 @@ class TrainResult:
 def train_run(out=None, *, preset_name: str | None = None, arch: str | None = None,
               data=None, valid=None, config_file=None, model_overrides: dict | None = None,
               train_overrides: dict | None = None, resume=None, init_from=None,
-              overwrite: bool = False, quiet: bool = False, command: str = "train") -> TrainResult:
+              overwrite: bool = False, quiet: bool = False, command: str = "train",
+              tokenizer_json: bytes | None = None) -> TrainResult:
     """Train a new run (or resume one) and return where it ended.
 
     preset_name/arch: a named size (qtf_edge.presets) and "qtf" or "dense" (default tiny,
@@ -89,15 +90,18 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
     train_overrides: ModelConfig / TrainConfig fields (flags), applied last; None values
     are ignored. resume: a run folder to continue; its settings must match the request.
     init_from: a run folder whose model and tokenizer a new run (out) starts from.
+    tokenizer_json: a tokenizer to use instead of training one (new runs only), so that
+    several runs share one.
     Raises ValueError/FileNotFoundError (bad input, nothing written), TrainingInterrupted
     (SIGINT, after a checkpoint) or TrainingDiverged.
     """
     with distributed.process_group() as ranks:  # one process: nothing to join
-        session = distributed.rank0_first(ranks, lambda tokenizer_json: prepare_session(
+        session = distributed.rank0_first(ranks, lambda rank0_tokenizer: prepare_session(
             out=out, preset_name=preset_name, arch=arch, data=data, valid=valid,
             config_file=config_file, model_overrides=model_overrides,
             train_overrides=train_overrides, resume=resume, init_from=init_from,
-            overwrite=overwrite, command=command, tokenizer_json=tokenizer_json))
+            overwrite=overwrite, command=command,
+            tokenizer_json=tokenizer_json if rank0_tokenizer is None else rank0_tokenizer))
         if ranks.active:
             distribute(session, ranks)
         try:
