@@ -24,9 +24,8 @@ from pathlib import Path
 
 from qtf_edge.cost.model_energy import estimate_model_energy
 from qtf_edge.host import describe_host
-from qtf_edge.export.bundle import calibration_module, verify_bundle
-from qtf_edge.profile.pipeline import ProfileOptions, profile_path
-from qtf_edge.runs import load_run
+from qtf_edge.export.bundle import calibration_module
+from qtf_edge.profile.pipeline import ProfileOptions, open_subject, profile_subject
 
 ENERGY_PROFILES = ("cpu_xeon", "rpi4", "edge_tpu", "edge_mobile")
 COPY_MIB = 256
@@ -53,12 +52,14 @@ def main() -> None:
     rows = []
     for spec in args.bundle:
         name, _, path = spec.partition("=")
-        report = profile_path(Path(path), options)
+        subject = open_subject(path)
+        # the source run as trained: profiling then sets the export's lowerings on it
+        energy = {p: estimate_model_energy(subject.run.model, p,
+                                           seq_len=args.seq_len).per_query.energy_uj
+                  for p in ENERGY_PROFILES}
+        report = profile_subject(subject, options)
         onnx = next(r for r in report["measured"] if r["artifact"] == "onnx")
         decode_ms = onnx["decode_ms_per_token"]["median"]
-        model = load_run(verify_bundle(Path(path))["source"]["path"]).model
-        energy = {p: estimate_model_energy(model, p, seq_len=args.seq_len).per_query.energy_uj
-                  for p in ENERGY_PROFILES}
         step_bytes = weight_bytes_per_token(report)
         rows.append({"name": name, "bundle": path, "decode_ms": decode_ms,
                      "decode_p90_ms": onnx["decode_ms_per_token"]["p90"],
