@@ -1,16 +1,21 @@
 """Compress a trained dense `small` model to 1/2, 1/4 and 1/8 of its parameters.
 
-For each ratio: uniform ranks against the greedy allocator, each without and with
-healing, through `qtf_edge.compress.run.compress_run` (what `qtf-edge compress` runs,
-embeddings included); validation word perplexity and the estimated rpi4 latency. Beside
-them, the honest alternative: a dense model trained from scratch at the same parameter
-count (a smaller d_model, same depth, data, steps and seed).
+For each ratio, rows through `qtf_edge.compress.run.compress_run` (what `qtf-edge compress`
+runs, embeddings included), scored on validation word perplexity with the estimated rpi4
+latency:
+- plain TT-SVD of the weights into balanced TT cores (the allocator of issue 5, for the
+  record), plain SVD into low-rank splits, and activation-aware (whitened) low-rank
+  truncation, the default, each before healing;
+- the default healed by distillation from the uncompressed model (--heal-steps), and, for
+  comparison, healed by next-token fine-tuning alone (distill alpha 0) for as long;
+- the honest alternative: a dense model trained from scratch at the same parameter count
+  (a smaller d_model, same depth, data, steps and seed).
 
 Training happens first, for whatever is missing in --train-dir (the dense model and the
-smaller baselines); run that part on a GPU with --train-only, then the rest on a CPU:
+smaller baselines); run that part on a GPU with --train-only, then the rest:
 
     python benchmarks/compress.py --train-dir runs/compress-bench --device cuda --train-only
-    python benchmarks/compress.py --train-dir runs/compress-bench [--heal-steps 200 1000]
+    python benchmarks/compress.py --train-dir runs/compress-bench [--heal-steps 1000]
         [--ratios 2 4 8] [--json PATH]
 """
 
@@ -39,10 +44,14 @@ REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
 RATIOS = (2, 4, 8)
 PROFILE = "rpi4"
-# (row label, --method, --sensitivity): the default allocator, its unweighted form, and
-# the uniform baseline.
-ALLOCATORS = (("uniform", "uniform", False), ("greedy", "greedy", True),
-              ("greedy, plain energy", "greedy", False))
+# (row label, --method, --layout) before healing: issue 5's plain TT-SVD, plain low-rank
+# SVD and the default, whitened low-rank; every one with the greedy, sensitivity-weighted
+# allocator.
+TRUNCATIONS = (("plain TT-SVD, balanced TT", "plain", "balanced"),
+               ("plain SVD, low-rank", "plain", "low_rank"),
+               ("whitened, low-rank", "whitened", "low_rank"))
+# (row label, distill alpha) of the healed default.
+HEALING = (("distilled", CompressOptions.distill_alpha), ("next-token only", 0.0))
 
 
 def baseline_width(target_params: int, model_fields: dict, vocab: int) -> int:
@@ -59,15 +68,13 @@ def baseline_width(target_params: int, model_fields: dict, vocab: int) -> int:
 
 
 def train_missing(args, data: Path, valid: Path) -> dict[str, Path]:
-    """{name: run folder} of the dense model and one baseline per ratio."""
+    """{name: run folder} of the dense model and one baseline per --ratios."""
     model_fields, train_fields = preset("small")
     vocab = train_fields["vocab_size"]
     runs = {"dense": args.train_dir / "dense"}
     full = count_params(QTensorFormer(ModelConfig(**model_fields, vocab_size=vocab).dense_baseline()))
-    widths = {}
-    for ratio in RATIOS:
+    for ratio in args.ratios:
         width = baseline_width(full // ratio, model_fields, vocab)
-        widths[ratio] = width
         runs[f"scratch-1/{ratio}"] = args.train_dir / f"dense-d{width}"
     for name, folder in runs.items():
         if (folder / "model.safetensors").is_file():
@@ -88,19 +95,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-dir", type=Path, default=REPO / "runs" / "compress-bench")
     parser.add_argument("--data-dir", type=Path, default=WIKITEXT)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--heal-steps", type=int, nargs="+", default=[200],
+    parser.add_argument("--heal-steps", type=int, nargs="+", default=[1000],
                         help="healing lengths to measure (besides none)")
     parser.add_argument("--ratios", type=int, nargs="+", default=list(RATIOS),
                         help="compression ratios (1/N of the parameters)")
-    parser.add_argument("--eval-tokens", type=int, default=65536)
+    parser.add_argument("--eval-tokens", type=int, default=0,
+                        help="validation tokens to score (0: the whole split)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data, valid = args.data_dir / "train.txt", args.data_dir / "valid.txt"
     if not data.is_file():
         raise SystemExit(f"error: --data-dir {args.data_dir}: no train.txt (WikiText-2 expected)")
+    eval_tokens = args.eval_tokens or None
     runs = train_missing(args, data, valid)
     if args.train_only:
         return
@@ -113,37 +122,47 @@ def main() -> None:
         return {"params": count_params(model),
                 "latency_ms": measure(model, PROFILE, model.config.context_length)["latency_ms"],
                 "ppl_word": perplexity(model, tokenizer, lines,
-                                       max_tokens=args.eval_tokens)["per_word"]}
+                                       max_tokens=eval_tokens)["per_word"]}
 
     rows = [{"model": "dense (input)", **figures(source.model)}]
+
+    def compress(name: str, **options) -> None:
+        print(f"compressing: {name}", flush=True)
+        folder = Path(tmp) / name.replace("/", "_").replace(" ", "-").replace(",", "")
+        report = compress_run(runs["dense"], folder, CompressOptions(
+            budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True, calib=str(data),
+            data=str(valid), eval_tokens=eval_tokens, device=args.device, **options))
+        ppl = report["perplexity"].get("healed", report["perplexity"]["truncated"])
+        kl = report["kl_to_source"].get("healed", report["kl_to_source"]["truncated"])
+        rows.append({"model": name, "params": report["after"]["params"],
+                     "latency_ms": report["after"]["latency_ms"], "ppl_word": ppl["per_word"],
+                     "kl_to_source": kl})
+        print(f"  ppl/word {ppl['per_word']:.1f}, KL {kl:.3f}, {report['elapsed_s']:.0f} s",
+              flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in args.ratios:
-            for label, method, sensitivity in ALLOCATORS:
-                for heal in (0, *args.heal_steps):
-                    name = f"1/{ratio} {label}" + (f" + heal {heal}" if heal else "")
-                    print(f"compressing: {name}", flush=True)
-                    options = CompressOptions(
-                        budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True,
-                        method=method, sensitivity=sensitivity, heal_steps=heal,
-                        calib=str(data), data=str(valid), eval_tokens=args.eval_tokens,
-                        device=args.device)
-                    folder = Path(tmp) / name.replace("/", "_").replace(" ", "-")
-                    report = compress_run(runs["dense"], folder, options)
-                    ppl = report["perplexity"]["healed" if heal else "truncated"]["per_word"]
-                    rows.append({"model": name, "params": report["after"]["params"],
-                                 "latency_ms": report["after"]["latency_ms"], "ppl_word": ppl})
+            for label, method, layout in TRUNCATIONS:
+                compress(f"1/{ratio} {label}", method=method, layout=layout)
+            for heal in args.heal_steps:
+                for label, alpha in HEALING:
+                    compress(f"1/{ratio} whitened, low-rank + heal {heal} ({label})",
+                             heal_steps=heal, distill_alpha=alpha)
             scratch = load_run(runs[f"scratch-1/{ratio}"])
             rows.append({"model": f"1/{ratio} dense from scratch, d={scratch.config.d_model}",
                          **figures(scratch.model)})
 
     dense_ppl = rows[0]["ppl_word"]
-    print(f"\nmachine: {describe_host(1)}; input {runs['dense']}; validation: first "
-          f"{args.eval_tokens:,} tokens of {valid}; latency estimated on {PROFILE}\n")
-    print("| model | params | ppl/word | vs dense | est. rpi4 latency ms |")
-    print("|---|---|---|---|---|")
+    scored = f"first {eval_tokens:,} tokens" if eval_tokens else "every token"
+    print(f"\nmachine: {describe_host(1)}; input {runs['dense']}; validation: {scored} of "
+          f"{valid}; latency estimated on {PROFILE}\n")
+    print("| model | params | ppl/word | vs dense | KL to dense (nats/token) | "
+          "est. rpi4 latency ms |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
+        kl = f"{r['kl_to_source']:.3f}" if "kl_to_source" in r else "-"
         print(f"| {r['model']} | {r['params']:,} | {r['ppl_word']:.1f} | "
-              f"{r['ppl_word'] / dense_ppl:.2f}x | {r['latency_ms']:.3f} |")
+              f"{r['ppl_word'] / dense_ppl:.2f}x | {kl} | {r['latency_ms']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"machine": describe_host(1), "args": {
             k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")

@@ -34,6 +34,11 @@ class ModelConfig:
     use_tt: bool = True
     tt_rank: int = 16
     tt_cores: int = 2
+    # How each TT matrix splits its modes: "balanced" (tt_cores cores, each side factorised
+    # into modes of similar size) or "low_rank" (two cores, in_modes (in, 1) and out_modes
+    # (1, out): W = A B of rank tt_rank, the plain low-rank split compress writes for dense
+    # layers; activation-aware truncation is exact for it, see qtf_edge/compress/whitening.py).
+    tt_layout: str = "balanced"
     # TT embedding table (and, when tied, the LM head): it dominates a ~1M-parameter LM.
     tt_embeddings: bool = True
     tt_embedding_rank: int = 32
@@ -117,12 +122,24 @@ def _int_in(config: ModelConfig, field: str, low: int, high: int | None = None) 
     _require(ok, field, allowed, value)
 
 
-def full_tt_rank(rows: int, cols: int, n_cores: int) -> int:
+TT_LAYOUTS = ("balanced", "low_rank")
+
+
+def tt_modes(config: ModelConfig, rows: int, cols: int):
+    """(in_modes, out_modes) of a rows x cols TT matrix under config.tt_layout; (None, None)
+    for "balanced", where the layer arranges its own (qtf_edge.tt.linear.arrange_modes)."""
+    return ((rows, 1), (1, cols)) if config.tt_layout == "low_rank" else (None, None)
+
+
+def full_tt_rank(rows: int, cols: int, n_cores: int, layout: str = "balanced") -> int:
     """The largest bond rank a TT matrix of this shape can use under any arrangement of its
-    modes that layers choose from (each side ascending or descending): beyond it nothing is
-    compressed. A layer clips a larger tt_rank to its own arrangement's full rank."""
+    modes that layers choose from (each side ascending or descending; for "low_rank", the
+    matrix rank): beyond it nothing is compressed. A layer clips a larger tt_rank to its
+    own arrangement's full rank."""
     from qtf_edge.tt.factorize import factorize_dim  # local: config must import fast
 
+    if layout == "low_rank":
+        return min(rows, cols)
     row_modes, col_modes = factorize_dim(rows, n_cores), factorize_dim(cols, n_cores)
     best = 1
     for rm in (row_modes, row_modes[::-1]):
@@ -137,12 +154,12 @@ def block_rank_limit(c: ModelConfig) -> int:
     """The largest useful tt_rank: the largest full TT rank of a block projection."""
     shapes = ((c.d_model, 3 * c.d_model), (c.d_model, c.d_model), (c.d_model, c.d_ff),
               (c.d_ff, c.d_model))
-    return max(full_tt_rank(rows, cols, c.tt_cores) for rows, cols in shapes)
+    return max(full_tt_rank(rows, cols, c.tt_cores, c.tt_layout) for rows, cols in shapes)
 
 
 def embedding_rank_limit(c: ModelConfig) -> int:
-    return max(full_tt_rank(c.vocab_size, c.d_model, c.tt_cores),
-               full_tt_rank(c.d_model, c.vocab_size, c.tt_cores))
+    return max(full_tt_rank(c.vocab_size, c.d_model, c.tt_cores, c.tt_layout),
+               full_tt_rank(c.d_model, c.vocab_size, c.tt_cores, c.tt_layout))
 
 
 def _validate(c: ModelConfig) -> None:
@@ -158,6 +175,8 @@ def _validate(c: ModelConfig) -> None:
 
     if c.use_tt or c.tt_embeddings:
         _int_in(c, "tt_cores", 2, 4)
+        _require(c.tt_layout in TT_LAYOUTS, "tt_layout", " or ".join(map(repr, TT_LAYOUTS)),
+                 c.tt_layout)
     if c.use_tt:
         _int_in(c, "tt_rank", 1, block_rank_limit(c))
     if c.tt_embeddings:

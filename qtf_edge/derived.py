@@ -42,11 +42,27 @@ def calibration_windows(tokenizer, calib: str | Path | None, n_tokens: int,
         lines = read_corpus(source)
     except DataError as error:
         raise ValueError(f"{flag}: {error}") from None
-    stream = [t for ids in encode_lines(tokenizer, lines) for t in ids]
+    stream = token_stream(tokenizer, lines)
     if len(stream) < n_tokens:
         raise ValueError(f"{flag} {source}: only {len(stream):,} tokens; expected at least "
                          f"{n_tokens:,} ({flag}-tokens)")
     return token_windows(stream[:n_tokens], context_length)
+
+
+def token_stream(tokenizer, lines: list[str]) -> list[int]:
+    """The ids of the lines, one after another."""
+    return [t for ids in encode_lines(tokenizer, lines) for t in ids]
+
+
+def kl_to_source(model, source, tokenizer, lines: list[str], *, max_tokens: int | None,
+                 batch_size: int = 8) -> float:
+    """Mean KL(source || model) per token on the first max_tokens ids of the lines: how far
+    a derived model's predictions are from those of the model it came from."""
+    from qtf_edge.train.distillation import mean_kl  # training pulls in much
+
+    stream = token_stream(tokenizer, lines)[:max_tokens]
+    return mean_kl(model, source, token_windows(stream, model.config.context_length),
+                   batch_size=batch_size, device=next(model.parameters()).device)
 
 
 def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,
@@ -60,9 +76,12 @@ def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,
 
 
 def heal(source: Run, model, out, *, steps: int, learning_rate: float, calib, data,
-         seed: int, overwrite: bool, quiet: bool, command: str, device: str = "cpu"):
+         seed: int, overwrite: bool, quiet: bool, command: str, device: str = "cpu",
+         distill_alpha: float = 0.0, distill_temperature: float = 1.0):
     """Fine-tune `model` (derived from `source`) on the calibration text into the run
-    folder `out`, whose lineage names `source` as parent; returns the healed model."""
+    folder `out`, whose lineage names `source` as parent; returns the healed model. With
+    distill_alpha > 0 it learns `source`'s logits too (train/distillation.py), the teacher
+    running beside it on the same device."""
     from qtf_edge.train import (
         train_run,  # training pulls in much; only healing needs it
     )
@@ -73,9 +92,11 @@ def heal(source: Run, model, out, *, steps: int, learning_rate: float, calib, da
     overrides = {"steps": steps, "learning_rate": learning_rate,
                  "min_lr": learning_rate / 10, "warmup_steps": max(1, steps // 10),
                  "eval_every": max(1, steps // 4), "checkpoint_every": steps,
-                 "batch_size": 16, "seed": seed, "device": device}
+                 "batch_size": 16, "seed": seed, "device": device,
+                 "distill_alpha": distill_alpha, "distill_temperature": distill_temperature}
     train_run(out, data=calib, valid=data, init_from=start_from, train_overrides=overrides,
-              overwrite=overwrite, quiet=quiet, command=command)
+              overwrite=overwrite, quiet=quiet, command=command,
+              teacher=source if distill_alpha > 0 else None)
     return load_run(out).model
 
 

@@ -7,7 +7,7 @@ import torch
 from cli_helpers import assert_one_line_error, invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from run_factory import make_run, tiny_model
+from run_factory import FAST_EXPORT, make_run, tiny_model
 
 from qtf_edge.compress import (
     compress_model,
@@ -20,6 +20,8 @@ from qtf_edge.compress import (
 )
 from qtf_edge.compress.run import REPORT_FILE, CompressOptions, compress_run
 from qtf_edge.config import ModelConfig
+from qtf_edge.export.bundle import verify_bundle
+from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.model import QTensorFormer
 from qtf_edge.runs import load_run, read_lineage
 from qtf_edge.train.budget import BudgetError, measure, parse_budget
@@ -27,6 +29,8 @@ from qtf_edge.tt import TTLinear, tt_to_dense
 from qtf_edge.tt.linear import tt_svd
 
 PROFILE = "rpi4"
+# Truncation by the weights alone, no calibration: the budget mechanics in isolation.
+PLAIN = dict(method="plain", sensitivity=False)
 
 
 def dense_model(d=32, layers=2, d_ff=64, vocab=512, seed=0) -> QTensorFormer:
@@ -87,7 +91,7 @@ def test_greedy_meets_the_target_and_its_error_grows_as_the_target_falls():
 
 def test_a_generous_budget_keeps_the_model_exact():
     model = dense_model()
-    result = compress_model(model, parse_budget("params=100x"), PROFILE)
+    result = compress_model(model, parse_budget("params=100x"), PROFILE, **PLAIN)
     assert all(row["relative_error"] < 1e-5 for row in result.layers)
     ids = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
@@ -98,19 +102,25 @@ def test_a_generous_budget_keeps_the_model_exact():
 @given(d=st.sampled_from([16, 32]), layers=st.integers(1, 2), seed=st.integers(0, 99),
        key=st.sampled_from(["params", "flops", "latency_ms", "energy_uj", "size_mb"]),
        share=st.floats(0.05, 1.5), embeddings=st.booleans(),
-       method=st.sampled_from(["greedy", "uniform"]))
+       allocator=st.sampled_from(["greedy", "uniform"]),
+       method=st.sampled_from(["plain", "whitened"]),
+       layout=st.sampled_from(["low_rank", "balanced"]))
 def test_the_budget_is_met_or_refused_with_the_smallest_figure(d, layers, seed, key, share,
-                                                               embeddings, method):
+                                                               embeddings, allocator, method,
+                                                               layout):
     model = dense_model(d=d, layers=layers, d_ff=2 * d, vocab=256, seed=seed)
     limit = measure(model, PROFILE, 16)[key] * share
     budget = parse_budget(f"{key}={limit!r}")
+    windows = [torch.randint(0, 256, (17,)).tolist() for _ in range(4)]
     try:
-        result = compress_model(model, budget, PROFILE, embeddings=embeddings, method=method)
+        result = compress_model(model, budget, PROFILE, embeddings=embeddings,
+                                allocator=allocator, method=method, layout=layout,
+                                calibration=windows, sensitivity=False)
     except BudgetError as error:
         assert "cannot be met" in str(error) and "\n" not in str(error)
         # Refused only when even rank 1 everywhere misses: recount that floor independently.
         largest = compress_model(model, parse_budget("params=100x"), PROFILE,
-                                 embeddings=embeddings).model
+                                 embeddings=embeddings, layout=layout, **PLAIN).model
         assert measure(rank_one(largest), PROFILE, 16)[key] > limit
         return
     assert result.after[key] <= limit
@@ -129,7 +139,7 @@ def rank_one(model):
 def test_an_impossible_budget_names_the_smallest_figure_and_suggests_embeddings():
     model = dense_model()
     with pytest.raises(BudgetError) as error:
-        compress_model(model, parse_budget("params=1000"), PROFILE)
+        compress_model(model, parse_budget("params=1000"), PROFILE, **PLAIN)
     message = str(error.value)
     assert "params=1000" in message and "parameters (every TT rank at 1)" in message
     assert "--embeddings" in message
@@ -138,7 +148,10 @@ def test_an_impossible_budget_names_the_smallest_figure_and_suggests_embeddings(
 def test_a_tt_model_is_re_truncated_and_ranks_never_grow():
     model = tiny_model()
     before = {n: m.ranks for n, m in model.named_modules() if isinstance(m, TTLinear)}
-    result = compress_model(model, parse_budget("params=0.8x"), PROFILE, embeddings=True)
+    windows = [torch.randint(0, 512, (33,)).tolist() for _ in range(4)]
+    result = compress_model(model, parse_budget("params=0.8x"), PROFILE, embeddings=True,
+                            calibration=windows)
+    assert result.model.config.tt_layout == "balanced"  # a TT model keeps its layout
     for name, layer in result.model.named_modules():
         if isinstance(layer, TTLinear):
             assert all(a <= b for a, b in zip(layer.ranks, before[name]))
@@ -149,8 +162,8 @@ def test_sensitivity_weights_are_positive_and_measured_on_the_loss(monkeypatch):
     from qtf_edge.compress import pipeline
     seen = {}
 
-    def spy(model, spectra, sources, ranks, windows, batch_size=8):
-        weights = real(model, spectra, sources, ranks, windows, batch_size)
+    def spy(model, spectra, truncate, ranks, windows, batch_size=8):
+        weights = real(model, spectra, truncate, ranks, windows, batch_size)
         seen.update(weights)
         return weights
 
@@ -247,11 +260,34 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert_one_line_error(invoke("compress", not_a_run, "--out", tmp_path / "o9", "--budget",
                                  "params=0.5x"), "config.json")
     assert not (tmp_path / "o9").exists()
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.\n")
     for flags, words in ((("--sweep", "params=1M:200k:3"), ["--sweep", "LOW < HIGH"]),
-                         (("--budget", "params=0.5x", "--sensitivity", "--method", "uniform"),
-                          ["--sensitivity"]),
+                         (("--budget", "params=0.5x", "--calib", short),
+                          ["--calib", str(short), "16,384", "--calib-tokens"]),
+                         (("--budget", "params=0.5x", "--distill-alpha", "1.5"),
+                          ["--distill-alpha"]),
+                         (("--budget", "params=0.5x", "--layout", "diagonal"), ["--layout"]),
+                         (("--budget", "params=0.5x", "--sensitivity", "--allocator",
+                           "uniform"), ["--sensitivity"]),
                          (("--sweep", "params=200k"), ["--sweep", "KEY=LOW:HIGH:COUNT"]),
                          (("--budget", "params=0.5x", "--sweep", "params=1:2:2"), ["exactly one"]),
                          ((), ["exactly one"])):
         assert_one_line_error(invoke("compress", source, "--out", tmp_path / "s", *flags), *words)
         assert not (tmp_path / "s").exists()
+
+
+def test_a_low_rank_compressed_run_exports_and_matches_torch(tmp_path):
+    """compress's default layout (W = A B) goes through export like any TT layer: the
+    float graphs agree with the checkpoint."""
+    source = make_run(tmp_path / "dense", dense=True)
+    compress_run(source, tmp_path / "low-rank", CompressOptions(
+        budget="params=0.5x", target=PROFILE, embeddings=True, eval_tokens=512,
+        calib_tokens=1024))
+    assert load_run(tmp_path / "low-rank").config.tt_layout == "low_rank"
+    export_run(tmp_path / "low-rank", tmp_path / "bundle",
+               ExportOptions(target="cpu", **FAST_EXPORT))
+    validation = verify_bundle(tmp_path / "bundle")["validation"]["float"]
+    for graph in ("prefill", "decode"):
+        assert validation[graph]["top1_agreement"] == 1.0
+        assert validation[graph]["max_abs_diff"] < 1e-4

@@ -9,7 +9,8 @@ import click
 from qtf_edge.cli.derived_options import derived_run_options
 from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
-from qtf_edge.compress import METHODS
+from qtf_edge.compress import ALLOCATORS, METHODS
+from qtf_edge.config import TT_LAYOUTS
 from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.compress.sweep import compress_sweep
 from qtf_edge.train.budget import KEYS
@@ -30,41 +31,66 @@ from qtf_edge.train.budget import KEYS
               help="Hardware profile for latency and energy (see qtf-edge info).")
 @click.option("--embeddings", is_flag=True,
               help="Also compress the embedding table (and an untied head).")
-@click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=CompressOptions.method,
+              show_default=True,
+              help="Truncation: whitened (activation-aware: each layer's weights whitened by "
+                   "its input statistics on --calib, so discarded singular values are output "
+                   "error) or plain TT-SVD of the weights.")
+@click.option("--layout", type=click.Choice(TT_LAYOUTS), default=CompressOptions.layout,
+              show_default=True,
+              help="How dense layers are split: low_rank (W = A B) or balanced TT cores. A "
+                   "TT model keeps its own layout.")
+@click.option("--allocator", type=click.Choice(ALLOCATORS), default=CompressOptions.allocator,
+              show_default=True,
               help="Rank allocation: greedy by discarded energy per unit of cost, or one "
                    "uniform rank cap.")
 @click.option("--sensitivity/--no-sensitivity", default=None,
               help="Weigh each layer's discarded energy by the loss increase its truncation "
                    "causes on --calib (measured per layer) [default: on for greedy].")
 @click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
-              show_default=True, help="Calibration tokens read from --calib for --sensitivity.")
+              show_default=True,
+              help="Calibration tokens read from --calib for the input statistics and "
+                   "--sensitivity.")
 @click.option("--heal-steps", type=click.IntRange(0), default=0, show_default=True,
-              help="Fine-tune the compressed model this many steps on --calib.")
+              help="Fine-tune the compressed model this many steps on --calib, learning the "
+                   "uncompressed model's logits (distillation) and the next tokens.")
 @click.option("--heal-lr", type=click.FloatRange(0, min_open=True),
               default=CompressOptions.heal_lr, show_default=True,
               help="Peak learning rate of the healing run.")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1),
+              default=CompressOptions.distill_alpha, show_default=True,
+              help="Healing loss: (1 - alpha) next-token cross-entropy + alpha T^2 KL to the "
+                   "uncompressed model's logits; 0: next tokens only.")
+@click.option("--distill-temperature", type=click.FloatRange(0, min_open=True),
+              default=CompressOptions.distill_temperature, show_default=True,
+              help="Temperature T of the healing KL.")
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration and healing text [default: shipped train excerpt].")
 @derived_run_options
 @user_errors_exit_2
-def compress(checkpoint, out, budget, sweep, target, embeddings, method, sensitivity,
-             calib_tokens, heal_steps, heal_lr, calib, data, seed, device, overwrite, quiet,
-             as_json):
-    """Truncate TT ranks (dense layers become TT first) until the model fits a budget.
+def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout, allocator,
+             sensitivity, calib_tokens, heal_steps, heal_lr, distill_alpha,
+             distill_temperature, calib, data, seed, device, overwrite, quiet, as_json):
+    """Truncate ranks (dense layers become low-rank or TT first) until the model fits a budget.
 
-    Ranks are allocated across layers from each layer's singular-value spectra, so that
-    the least weight energy is discarded for what the budget takes.
+    Ranks are allocated across layers from each layer's singular-value spectra (of the
+    weights whitened by their inputs on --calib), so that the least output error is
+    discarded for what the budget takes; --heal-steps then distils the uncompressed model.
 
     \b
       qtf-edge compress runs/small-dense --budget params=0.25x --target rpi4 --out runs/small-c4
       qtf-edge compress runs/tiny-qtf --budget latency_ms=0.2 --target rpi4 --heal-steps 100 --out runs/t
+      qtf-edge compress runs/small-dense --budget params=0.25x --method plain --out runs/p
       qtf-edge compress runs/small-dense --sweep params=200k:1M:5 --embeddings --out runs/sweep
     """
     if (budget is None) == (sweep is None):
         raise click.UsageError("give exactly one of --budget and --sweep")
     options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
-                              method=method, sensitivity=sensitivity, calib_tokens=calib_tokens,
-                              heal_steps=heal_steps, heal_lr=heal_lr, calib=calib, data=data,
+                              allocator=allocator, method=method, layout=layout,
+                              sensitivity=sensitivity, calib_tokens=calib_tokens,
+                              heal_steps=heal_steps, heal_lr=heal_lr,
+                              distill_alpha=distill_alpha,
+                              distill_temperature=distill_temperature, calib=calib, data=data,
                               seed=seed, device=device)
     quiet_run = quiet or as_json
     if sweep is not None:
@@ -87,12 +113,14 @@ def _ranks(ranks) -> str:
 
 def render(report: dict) -> str:
     lines = [f"{report['out']}: {report['source']} compressed to --budget {report['budget']} "
-             f"({report['method']} allocation; latency and energy estimated on "
-             f"{report['profile']})", ""]
+             f"({report['method']} truncation, {report['allocator']} allocation; latency and "
+             f"energy estimated on {report['profile']})", ""]
     lines.append(format_table(
-        ["layer", "ranks before", "ranks after", "params before", "params after", "rel. error"],
+        ["layer", "ranks before", "ranks after", "params before", "params after",
+         "rel. error", "rel. output error"],
         [[r["layer"], _ranks(r["ranks_before"]), _ranks(r["ranks_after"]),
-          number(r["params_before"]), number(r["params_after"]), f"{r['relative_error']:.3f}"]
+          number(r["params_before"]), number(r["params_after"]), f"{r['relative_error']:.3f}",
+          f"{r['relative_output_error']:.3f}" if "relative_output_error" in r else "-"]
          for r in report["layers"]]))
     before, after = report["before"], report["after"]
     lines += ["", format_table(

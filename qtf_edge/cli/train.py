@@ -49,31 +49,41 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a ^C
               help="Continue this run folder from its last checkpoint.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start a new run (--out) from this run's model and tokenizer: fine-tuning.")
+@click.option("--teacher", type=click.Path(), default=None,
+              help="Distil this run's logits (it must share the tokenizer): loss = (1 - "
+                   "alpha) cross-entropy + alpha T^2 KL(teacher || model) at temperature T.")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=None,
+              help="Weight alpha of the teacher's KL [default: 0.5].")
+@click.option("--distill-temperature", type=click.FloatRange(0, min_open=True),
+              default=None, help="Temperature T of the teacher's KL [default: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @user_errors_exit_2
 def train(preset, arch, data, valid, out, config_file, steps, batch_size, lr, vocab_size,
-          seed, device, target, budget, resume, init_from, overwrite, quiet, as_json):
+          seed, device, target, budget, resume, init_from, teacher, distill_alpha,
+          distill_temperature, overwrite, quiet, as_json):
     """Train a Q-TensorFormer (or its dense baseline) on text.
 
     \b
       qtf-edge train --preset tiny --out runs/tiny
       qtf-edge train --resume runs/tiny
       qtf-edge train --init-from runs/tiny-deploy --steps 100 --lr 3e-4 --out runs/tiny-healed
+      qtf-edge train --preset tiny --arch dense --teacher runs/tiny-qtf --out runs/tiny-student
       qtf-edge train --preset tiny --budget params=30k --out runs/tiny-30k
       torchrun --nproc_per_node 2 -m qtf_edge train --preset small --out runs/small
     """
     if budget is not None:
         parse_budget(budget)  # a bad --budget is named before anything else is read
     overrides = {"budget": budget, "steps": steps, "batch_size": batch_size, "learning_rate": lr,
-                 "vocab_size": vocab_size, "seed": seed, "device": device, "target": target}
+                 "vocab_size": vocab_size, "seed": seed, "device": device, "target": target,
+                 "distill_alpha": distill_alpha, "distill_temperature": distill_temperature}
     command = invocation()
     try:
         result = train_run(out, preset_name=preset, arch=arch, data=data, valid=valid,
                            config_file=config_file, train_overrides=overrides, resume=resume,
                            init_from=init_from, overwrite=overwrite, quiet=quiet,
-                           command=command)
+                           command=command, teacher=teacher)
     except TrainingInterrupted as stop:
         click.echo(str(stop), err=True)
         sys.exit(EXIT_INTERRUPTED)

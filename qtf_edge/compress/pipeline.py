@@ -1,18 +1,23 @@
 """`compress_model`: the most accurate TT model of a given one that fits a budget on a target.
 
 1. The target config: the same model with its block projections as TT matrices (and,
-   with embeddings=True, its embedding table and head); a model that is already TT
-   keeps its config. Its TT layers are built at their largest ranks.
-2. Every TT layer's spectra are computed once from the source weight: an nn.Linear's,
-   or a TT layer's materialised matrix (re-truncating a TT matrix by TT-SVD of its dense
-   form gives what TT rounding gives, and these matrices fit in memory easily).
-3. Ranks are allocated (allocate.py; with calibration text, weighted by each layer's
-   measured sensitivity, sensitivity.py) against a proxy of the budget: parameters when
+   with embeddings=True, its embedding table and head), in `layout` ("low_rank": W = A B;
+   "balanced": TT cores over balanced modes); a model that is already TT keeps its config
+   and layout. Its TT layers are built at their largest ranks.
+2. With method "whitened" (whitening.py), one pass of the source model over calibration
+   windows gives each layer's input statistics, and every weight is whitened by them, so
+   that singular values measure output error on real inputs; "plain" keeps the weights.
+3. Every TT layer's spectra are computed once from the (whitened) source weight: an
+   nn.Linear's, or a TT layer's materialised matrix (re-truncating a TT matrix by TT-SVD
+   of its dense form gives what TT rounding gives, and these matrices fit in memory).
+4. Ranks are allocated (allocate.py; with sensitivity, weighted by each layer's measured
+   loss sensitivity, sensitivity.py) against a proxy of the budget: parameters when
    `params` or `size_mb` is over, else the layers' FLOPs per token. The built model's
    real figures (cost model on the target profile) are then checked; if one is still
    over, the proxy target shrinks by the overshoot and allocation continues from there.
-4. Cores come from TT-SVD (tensorly) at the allocated ranks; every other weight is
-   copied. The result's figures are measured again: the budget is met or BudgetError.
+5. Cores come from TT-SVD (tensorly) of the (whitened) weights at the allocated ranks,
+   un-whitened; every other weight is copied. The result's figures are measured again:
+   the budget is met or BudgetError.
 """
 
 from __future__ import annotations
@@ -28,20 +33,23 @@ from qtf_edge.compress.allocate import (Cost, greedy_allocation, params_cost, to
                                         uniform_allocation)
 from qtf_edge.compress.sensitivity import layer_sensitivity
 from qtf_edge.compress.spectra import LayerSpectrum, layer_spectrum
-from qtf_edge.config import ModelConfig, block_rank_limit, embedding_rank_limit
+from qtf_edge.compress.whitening import Whitening, layer_whitenings, truncate_into
+from qtf_edge.config import TT_LAYOUTS, ModelConfig, block_rank_limit, embedding_rank_limit
 from qtf_edge.cost.counts import count_params
 from qtf_edge.model import QTensorFormer
 from qtf_edge.train.budget import (BYTES_PER_PARAM, Budget, BudgetError, describe, measure,
                                    unmet_message, violations)
 from qtf_edge.tt import TTEmbedding, TTLinear, plan_contraction
 
-METHODS = ("greedy", "uniform")
+ALLOCATORS = ("greedy", "uniform")
+METHODS = ("whitened", "plain")  # activation-aware truncation, or TT-SVD of the weights
 MAX_REFINEMENTS = 30  # proxy-target tightenings before giving up (each shrinks it >= 2%)
 
 
 @dataclass
 class CompressResult:
     model: QTensorFormer
+    allocator: str
     method: str
     profile: str
     limits: dict                    # the budget, resolved to absolute figures
@@ -53,8 +61,15 @@ class CompressResult:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
 
-def target_config(config: ModelConfig, embeddings: bool) -> ModelConfig:
-    """The config whose TT layers the compressed model has (largest ranks allowed)."""
+def target_config(config: ModelConfig, embeddings: bool, layout: str = "low_rank"
+                  ) -> ModelConfig:
+    """The config whose TT layers the compressed model has (largest ranks allowed). Dense
+    layers become TT in `layout`; a model with TT layers already keeps its layout."""
+    if layout not in TT_LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(TT_LAYOUTS)}, got {layout!r}")
+    if config.use_tt or config.tt_embeddings:
+        layout = config.tt_layout
+    config = dataclasses.replace(config, tt_layout=layout)
     changes = {}
     if not config.use_tt:
         changes.update(use_tt=True, tt_rank=block_rank_limit(config))
@@ -101,51 +116,72 @@ def _shapes_model(model: QTensorFormer, ranks: dict) -> QTensorFormer:
 
 
 def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
-                   embeddings: bool = False, method: str = "greedy",
-                   calibration: list[list[int]] | None = None) -> CompressResult:
+                   embeddings: bool = False, allocator: str = "greedy",
+                   method: str = "whitened", layout: str = "low_rank",
+                   calibration: list[list[int]] | None = None,
+                   sensitivity: bool = True) -> CompressResult:
     """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
-    calibration: token windows; if given, the greedy allocator weighs each layer's
-    discarded energy by its measured sensitivity (see sensitivity.py).
-    BudgetError (one line, with the smallest reachable figures) when no ranks fit."""
+    calibration: token windows, needed by method "whitened" and by sensitivity (the greedy
+    allocator then weighs each layer's discarded energy by its measured loss sensitivity,
+    see sensitivity.py; the uniform one has no use for it). BudgetError (one line, with
+    the smallest reachable figures) when no ranks fit."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    sensitivity = sensitivity and allocator == "greedy"
+    if calibration is None and (method == "whitened" or sensitivity):
+        raise ValueError("calibration windows are needed for whitened truncation and "
+                         "sensitivity weights")
     seq_len = model.config.context_length
     before = measure(model, profile, seq_len)
     limits = (budget.resolve(before) if budget.relative else budget).limits()
-    target = QTensorFormer(target_config(model.config, embeddings)).eval()
+    target = QTensorFormer(target_config(model.config, embeddings, layout)).eval()
     layers = {name: m for name, m in target.named_modules() if isinstance(m, TTLinear)
               and (embeddings or not name.startswith(("token_embedding", "head")))}
     originals = {name: _source_module(model, name) for name in layers}
     sources = {name: _source_weight(module) for name, module in originals.items()}
-    spectra = [layer_spectrum(name, sources[name], layer.in_modes, layer.out_modes)
+    whitenings: dict[str, Whitening | None] = dict.fromkeys(layers)
+    if method == "whitened":
+        whitenings = layer_whitenings(model, layers, calibration)
+    spectra = [layer_spectrum(name, _whitened(sources[name], whitenings[name]),
+                              layer.in_modes, layer.out_modes)
                for name, layer in layers.items()]
     # Ranks never grow: an existing TT layer caps each bond at its current rank, a new
     # one at the target config's.
     caps = {name: _ranks(originals[name] if isinstance(originals[name], TTLinear) else layer)
             for name, layer in layers.items()}
     start = {s.name: tuple(map(min, s.max_ranks, caps[s.name])) for s in spectra}
+
+    def truncate(name: str, ranks: tuple[int, ...]) -> None:
+        truncate_into(layers[name], sources[name], (1, *ranks, 1), whitenings[name])
+
     with torch.no_grad():
         target.load_state_dict(_kept_weights(model, target, layers), strict=False)
-        for name, layer in layers.items():
-            layer.set_from_dense(sources[name], (1, *start[name], 1))
+    for name in layers:
+        truncate(name, start[name])
     weights = None
-    if calibration is not None:
-        weights = layer_sensitivity(target, spectra, sources, start, calibration)
-    ranks = _allocate(target, spectra, start, limits, profile, seq_len, method, weights)
-    with torch.no_grad():
-        for name, layer in layers.items():
-            layer.set_from_dense(sources[name], (1, *ranks[name], 1))
+    if sensitivity:
+        weights = layer_sensitivity(target, spectra, truncate, start, calibration)
+    ranks = _allocate(target, spectra, start, limits, profile, seq_len, allocator, weights)
+    for name in layers:
+        truncate(name, ranks[name])
     after = measure(target, profile, seq_len)
     missed = violations(Budget(**limits), after)
     if missed:  # allocation checked the same figures on the shapes; this is a guard
         raise BudgetError(unmet_message(Budget(**limits), missed, after, profile))
-    rows = [_layer_row(name, originals[name], layers[name], sources[name]) for name in layers]
+    rows = [_layer_row(name, originals[name], layers[name], sources[name], whitenings[name])
+            for name in layers]
     for row in rows if weights else ():
         row["sensitivity"] = weights[row["layer"]]
-    return CompressResult(target, method, profile, limits, before, after, rows)
+    return CompressResult(target, allocator, method, profile, limits, before, after, rows)
 
 
-def _allocate(target, spectra, start, limits, profile, seq_len, method, weights) -> dict:
+def _whitened(weight: torch.Tensor, whitening: Whitening | None) -> torch.Tensor:
+    return weight if whitening is None else whitening.whiten(weight)
+
+
+def _allocate(target, spectra, start, limits, profile, seq_len, allocator, weights) -> dict:
     """Allocate against a proxy, check the real figures on the shapes, tighten, repeat."""
     by_params = {"params", "size_mb"}
     ranks = dict(start)
@@ -162,7 +198,7 @@ def _allocate(target, spectra, start, limits, profile, seq_len, method, weights)
             goal = layer_cost - (figures["params"] - allowed)
         else:
             goal = layer_cost * min(limit / figure for figure, limit in missed.values()) * 0.98
-        if method == "greedy":
+        if allocator == "greedy":
             next_ranks = greedy_allocation(spectra, goal, cost, start=ranks, weights=weights)
         else:
             next_ranks = uniform_allocation(spectra, goal, cost, start=ranks)
@@ -194,11 +230,22 @@ def _kept_weights(source: nn.Module, target: nn.Module, layers: dict) -> dict:
 
 
 @torch.no_grad()
-def _layer_row(name: str, before: nn.Module, layer: TTLinear, weight: torch.Tensor) -> dict:
-    reference = weight.double()
-    error = torch.linalg.norm(layer.to_dense().double() - reference) / torch.linalg.norm(reference)
-    return {"layer": name,
-            "ranks_before": list(_ranks(before)) if isinstance(before, TTLinear) else None,
-            "ranks_after": list(_ranks(layer)),
-            "params_before": count_params(before), "params_after": count_params(layer),
-            "relative_error": float(error)}
+def _layer_row(name: str, before: nn.Module, layer: TTLinear, weight: torch.Tensor,
+               whitening: Whitening | None) -> dict:
+    """Ranks, parameters and relative Frobenius error of the weights; with whitening, also
+    of the whitened weights: the relative output error on the calibration inputs."""
+    def relative_error(reference, approximation) -> float:
+        reference = reference.double()
+        return float(torch.linalg.norm(approximation.double() - reference)
+                     / torch.linalg.norm(reference))
+
+    dense = layer.to_dense()
+    row = {"layer": name,
+           "ranks_before": list(_ranks(before)) if isinstance(before, TTLinear) else None,
+           "ranks_after": list(_ranks(layer)),
+           "params_before": count_params(before), "params_after": count_params(layer),
+           "relative_error": relative_error(weight, dense)}
+    if whitening is not None:
+        row["relative_output_error"] = relative_error(whitening.whiten(weight),
+                                                      whitening.whiten(dense))
+    return row

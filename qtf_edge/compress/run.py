@@ -3,8 +3,8 @@
 Reads the checkpoint, resolves the budget (relative keys against the input model on the
 target profile), compresses (pipeline.py), measures validation perplexity before and
 after truncation, optionally heals by a short fine-tuning run on the calibration text
-(default: the shipped excerpt) and measures again, then writes the run and
-compress_report.json.
+(default: the shipped excerpt) that distils the uncompressed model's logits, and
+measures again, then writes the run and compress_report.json.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from qtf_edge.compress.pipeline import compress_model
 from qtf_edge.cost import EnergyEstimator
 from qtf_edge.data import load_tokenizer
-from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
-                              write_derived_run)
+from qtf_edge.derived import (calibration_windows, heal, kl_to_source, perplexity,
+                              validation_lines, write_derived_run)
 from qtf_edge.runs import check_new_run_dir, load_run
+from qtf_edge.train.config import TrainConfig
 from qtf_edge.train.budget import parse_budget
 
 REPORT_FILE = "compress_report.json"
@@ -28,17 +29,26 @@ class CompressOptions:
     budget: str                        # e.g. "params=500k,latency_ms=4" or "params=0.25x"
     target: str = "cpu_xeon"           # hardware profile for latency / energy
     embeddings: bool = False           # also the embedding table (and an untied head)
-    method: str = "greedy"             # or "uniform" (one shared rank cap)
+    allocator: str = "greedy"          # or "uniform" (one shared rank cap)
+    # "whitened": activation-aware truncation (whitening.py); "plain": TT-SVD of the weights.
+    method: str = "whitened"
+    # How dense layers become TT: "low_rank" (W = A B) or "balanced" (TT cores over balanced
+    # modes); a TT model keeps its own layout.
+    layout: str = "low_rank"
     # Weigh layers by their measured loss sensitivity (greedy only). Plain discarded energy
     # spares large-norm layers (the embedding) and cuts projections to rank 1: on a dense
     # small model at 1/4 of its parameters, perplexity 1.6e8 against 2.5e4 weighted
     # (benchmarks/RESULTS.md). None: on for greedy, off for uniform.
     sensitivity: bool | None = None
-    calib_tokens: int = 4096           # calibration tokens for the sensitivities
+    calib_tokens: int = 16384          # calibration tokens (input statistics, sensitivities)
     heal_steps: int = 0
     # Compression removes far more than distillation, so healing may move further; this
     # is about the presets' learning-rate floor.
     heal_lr: float = 2e-4
+    # Healing learns the uncompressed model's logits (train/distillation.py); 0: plain
+    # next-token fine-tuning.
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     calib: str | None = None           # calibration and healing text (default: shipped excerpt)
     data: str | None = None            # validation text (default: shipped valid excerpt)
     eval_tokens: int | None = 32768
@@ -53,32 +63,45 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
     start = time.perf_counter()
     budget = parse_budget(options.budget)  # bad keys and numbers first, naming --budget
     EnergyEstimator(options.target)  # an unknown --target: ProfileError naming it
+    TrainConfig(distill_alpha=options.distill_alpha,  # bad distillation settings, named
+                distill_temperature=options.distill_temperature)
     check_new_run_dir(out, overwrite)  # a taken --out fails before the work
     run = load_run(checkpoint)
     valid = validation_lines(options.data)
     tokenizer = load_tokenizer(run.tokenizer_path)
+    if options.sensitivity and options.allocator != "greedy":
+        raise ValueError("--sensitivity weighs the greedy allocator; drop --allocator uniform")
+    sensitivity = options.allocator == "greedy" and options.sensitivity is not False
     windows = None
-    if options.sensitivity and options.method != "greedy":
-        raise ValueError("--sensitivity weighs the greedy allocator; drop --method uniform")
-    if options.sensitivity is not False and options.method == "greedy":
+    if sensitivity or options.method == "whitened":
         windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
                                       run.config.context_length)
     result = compress_model(run.model, budget, options.target, embeddings=options.embeddings,
-                            method=options.method, calibration=windows)
+                            allocator=options.allocator, method=options.method,
+                            layout=options.layout, calibration=windows,
+                            sensitivity=sensitivity)
 
     def evaluate(model) -> dict:
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,
                           max_tokens=options.eval_tokens)
 
+    def kl(model) -> float:
+        return kl_to_source(model.to("cpu"), run.model.to("cpu"), tokenizer, valid,
+                            max_tokens=options.eval_tokens, batch_size=options.batch_size)
+
     report = {"source": str(checkpoint), "out": str(out), "options": asdict(options),
               "budget": budget.spec(), **result.to_dict(),
-              "perplexity": {"before": evaluate(run.model), "truncated": evaluate(result.model)}}
+              "perplexity": {"before": evaluate(run.model), "truncated": evaluate(result.model)},
+              "kl_to_source": {"truncated": kl(result.model)}}
     model = result.model
     if options.heal_steps:
         model = heal(run, model, out, steps=options.heal_steps, learning_rate=options.heal_lr,
                      calib=options.calib, data=options.data, seed=options.seed,
-                     overwrite=overwrite, quiet=quiet, command=command, device=options.device)
+                     overwrite=overwrite, quiet=quiet, command=command, device=options.device,
+                     distill_alpha=options.distill_alpha,
+                     distill_temperature=options.distill_temperature)
         report["perplexity"]["healed"] = evaluate(model)
+        report["kl_to_source"]["healed"] = kl(model)
     report["elapsed_s"] = time.perf_counter() - start
     write_derived_run(out, model, run, report, REPORT_FILE, command=command,
                       overwrite=overwrite, healed=bool(options.heal_steps))

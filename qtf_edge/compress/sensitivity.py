@@ -11,15 +11,19 @@ weight measured (it is cheap, but not free), so every layer still orders its own
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from qtf_edge.compress.spectra import LayerSpectrum
 from qtf_edge.evaluate import windows_loss
 
 
-def layer_sensitivity(model, spectra: list[LayerSpectrum], sources: dict, ranks: dict,
+def layer_sensitivity(model, spectra: list[LayerSpectrum],
+                      truncate: Callable[[str, tuple[int, ...]], None], ranks: dict,
                       windows: list[list[int]], batch_size: int = 8) -> dict[str, float]:
-    """{layer name: loss increase per unit of discarded energy} at half of `ranks`."""
+    """{layer name: loss increase per unit of discarded energy} at half of `ranks`;
+    truncate(name, ranks) sets a layer's cores the way compression will."""
     device = next(model.parameters()).device
     base, _ = windows_loss(model, windows, batch_size=batch_size, device=device)
     measured = {}
@@ -27,7 +31,7 @@ def layer_sensitivity(model, spectra: list[LayerSpectrum], sources: dict, ranks:
         layer = model.get_submodule(spectrum.name)
         kept = list(layer.cores)
         half = tuple(max(1, r // 2) for r in ranks[spectrum.name])
-        layer.set_from_dense(sources[spectrum.name], (1, *half, 1))
+        truncate(spectrum.name, half)
         loss, _ = windows_loss(model, windows, batch_size=batch_size, device=device)
         with torch.no_grad():
             layer.cores = torch.nn.ParameterList(kept)

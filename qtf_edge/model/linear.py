@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qtf_edge.config import ModelConfig
+from qtf_edge.config import ModelConfig, tt_modes
 from qtf_edge.tt import TTLinear
 
 
 def make_linear(config: ModelConfig, in_features: int, out_features: int,
                 bias: bool = True) -> nn.Module:
     if config.use_tt:
+        in_modes, out_modes = tt_modes(config, in_features, out_features)
         return TTLinear(in_features, out_features, max_rank=config.tt_rank,
-                        n_cores=config.tt_cores, bias=bias)
+                        n_cores=config.tt_cores, bias=bias, in_modes=in_modes,
+                        out_modes=out_modes)
     return nn.Linear(in_features, out_features, bias=bias)
 
 

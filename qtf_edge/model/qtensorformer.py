@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qtf_edge.config import ModelConfig
+from qtf_edge.config import ModelConfig, tt_modes
 from qtf_edge.model.block import Block, TokenTrace
 from qtf_edge.model.encoder import QuantumTokenEncoder
 from qtf_edge.model.kv_cache import KVCache
@@ -29,9 +29,11 @@ class QTensorFormer(nn.Module):
         super().__init__()
         self.config = config
         if config.tt_embeddings:
+            vocab_modes, dim_modes = tt_modes(config, config.vocab_size, config.d_model)
             self.token_embedding = TTEmbedding(config.vocab_size, config.d_model,
                                                max_rank=config.tt_embedding_rank,
-                                               n_cores=config.tt_cores)
+                                               n_cores=config.tt_cores, vocab_modes=vocab_modes,
+                                               dim_modes=dim_modes)
         else:
             self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.context_length, config.d_model)
@@ -40,8 +42,10 @@ class QTensorFormer(nn.Module):
         self.ln_final = nn.LayerNorm(config.d_model)
         self.head = None
         if not config.tie_embeddings:
+            in_modes, out_modes = tt_modes(config, config.d_model, config.vocab_size)
             self.head = (TTLinear(config.d_model, config.vocab_size, bias=False,
-                                  max_rank=config.tt_embedding_rank, n_cores=config.tt_cores)
+                                  max_rank=config.tt_embedding_rank, n_cores=config.tt_cores,
+                                  in_modes=in_modes, out_modes=out_modes)
                          if config.tt_embeddings else
                          nn.Linear(config.d_model, config.vocab_size, bias=False))
         self.apply(self._init_weights)

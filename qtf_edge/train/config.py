@@ -44,6 +44,10 @@ class TrainConfig:
     max_bad_steps: int = 5           # non-finite steps in a row before reloading a checkpoint
     target: str = "cpu_xeon"         # hardware profile for the estimated latency/energy
     budget: str = ""                 # e.g. "params=800k,energy_uj=60" (train.budget); "": none
+    # With a teacher (train --teacher, compress healing): the weight of the soft term and
+    # its temperature (train/distillation.py). alpha 0 is plain next-token training.
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -92,6 +96,10 @@ def _validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         if not (_is_number(value) and 0 <= value < float("inf")):
             raise _fail(name, "a finite number >= 0", value)
+    if not (_is_number(c.distill_alpha) and 0 <= c.distill_alpha <= 1):
+        raise _fail("distill_alpha", "a number in [0, 1]", c.distill_alpha)
+    if not (_is_number(c.distill_temperature) and 0 < c.distill_temperature < float("inf")):
+        raise _fail("distill_temperature", "a finite number > 0", c.distill_temperature)
     if c.device not in DEVICES:
         raise _fail("device", f"one of {', '.join(DEVICES)}", c.device)
     if not isinstance(c.budget, str):

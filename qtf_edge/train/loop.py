@@ -25,6 +25,7 @@ from qtf_edge.cost.counts import count_params
 from qtf_edge.runs import TRAIN_STATE_FILE, append_metrics, save_checkpoint, save_run
 from qtf_edge.train import distributed
 from qtf_edge.train.batches import random_batch
+from qtf_edge.train.distillation import distillation_loss
 from qtf_edge.train.budget import (
     BudgetError,
     describe,
@@ -82,7 +83,7 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
               data=None, valid=None, config_file=None, model_overrides: dict | None = None,
               train_overrides: dict | None = None, resume=None, init_from=None,
               overwrite: bool = False, quiet: bool = False, command: str = "train",
-              tokenizer_json: bytes | None = None) -> TrainResult:
+              tokenizer_json: bytes | None = None, teacher=None) -> TrainResult:
     """Train a new run (or resume one) and return where it ended.
 
     preset_name/arch: a named size (qtf_edge.presets) and "qtf" or "dense" (default tiny,
@@ -91,7 +92,8 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
     are ignored. resume: a run folder to continue; its settings must match the request.
     init_from: a run folder whose model and tokenizer a new run (out) starts from.
     tokenizer_json: a tokenizer to use instead of training one (new runs only), so that
-    several runs share one.
+    several runs share one. teacher: a run folder (or loaded Run) to distill from
+    (train/distillation.py; TrainConfig.distill_alpha, distill_temperature).
     Raises ValueError/FileNotFoundError (bad input, nothing written), TrainingInterrupted
     (SIGINT, after a checkpoint) or TrainingDiverged.
     """
@@ -100,7 +102,7 @@ def train_run(out=None, *, preset_name: str | None = None, arch: str | None = No
             out=out, preset_name=preset_name, arch=arch, data=data, valid=valid,
             config_file=config_file, model_overrides=model_overrides,
             train_overrides=train_overrides, resume=resume, init_from=init_from,
-            overwrite=overwrite, command=command,
+            overwrite=overwrite, command=command, teacher=teacher,
             tokenizer_json=tokenizer_json if rank0_tokenizer is None else rank0_tokenizer))
         if ranks.active:
             distribute(session, ranks)
@@ -150,7 +152,13 @@ def train_step(session: Session, inputs: torch.Tensor, targets: torch.Tensor,
     try:
         with autocast:
             logits = forward(inputs)
+            if session.teacher is not None:  # once per batch, on the same device
+                with torch.no_grad():
+                    teacher_logits = session.teacher(inputs)
         loss = language_model_loss(logits, targets)
+        if session.teacher is not None:
+            loss = distillation_loss(loss, logits, teacher_logits, config.distill_alpha,
+                                     config.distill_temperature)
         value = loss.item()
     except torch.linalg.LinAlgError:
         pass  # the entropy's eigvalsh raises on NaN input where other ops return NaN

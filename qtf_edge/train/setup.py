@@ -35,6 +35,7 @@ from qtf_edge.presets import check_arch, preset
 from qtf_edge.runs import PREVIOUS_SUFFIX, TRAIN_STATE_FILE, Run, RunError, load_run
 from qtf_edge.train.budget import Budget, check_feasible, measure, parse_budget
 from qtf_edge.train.config import TrainConfig, read_config_file
+from qtf_edge.train.distillation import load_teacher
 from qtf_edge.train.distributed import Ranks
 from qtf_edge.train.optimizer import make_optimizer
 from qtf_edge.train.state import TrainState, apply_train_state, read_train_state
@@ -67,6 +68,7 @@ class Session:
     ranks: Ranks = field(default_factory=Ranks)  # torchrun's workers (qtf_edge.train.distributed)
     ddp: torch.nn.Module | None = field(default=None, repr=False)  # model in DDP, under torchrun
     parent: Path | None = None    # --init-from: the run whose weights this one starts from
+    teacher: torch.nn.Module | None = field(default=None, repr=False)  # --teacher, frozen
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,20 +145,22 @@ def prepare_session(*, out=None, preset_name: str | None = None, arch: str | Non
                     data=None, valid=None, config_file=None, model_overrides: dict | None = None,
                     train_overrides: dict | None = None, resume=None, init_from=None,
                     overwrite: bool = False, command: str = "train",
-                    tokenizer_json: bytes | None = None) -> Session:
+                    tokenizer_json: bytes | None = None, teacher=None) -> Session:
     """tokenizer_json: a tokenizer already trained on this --data (rank 0's, under
     torchrun) to use instead of training one; new runs only. init_from: a run folder whose
-    model (config, weights) and tokenizer a new run starts from (fine-tuning)."""
+    model (config, weights) and tokenizer a new run starts from (fine-tuning). teacher: a
+    run folder (or loaded Run) whose logits the model is distilled from (distillation.py);
+    a resumed run reloads the one it began with."""
     model_overrides, train_overrides = model_overrides or {}, train_overrides or {}
     if resume is not None:
         if init_from is not None:
             raise ValueError("--init-from starts a new run and --resume continues one; "
                              "pass one of them")
         return _resumed(Path(resume), out, preset_name, arch, data, valid, config_file,
-                        model_overrides, train_overrides, command)
+                        model_overrides, train_overrides, command, teacher)
     if init_from is not None:
         return _fine_tuned(init_from, out, preset_name, arch, data, valid, config_file,
-                           model_overrides, train_overrides, overwrite, command)
+                           model_overrides, train_overrides, overwrite, command, teacher)
     preset_label = preset_name or DEFAULT_PRESET
     arch = arch or DEFAULT_ARCH
     model_config, config = resolve_configs(preset_label, arch, config_file, model_overrides,
@@ -180,7 +184,7 @@ def prepare_session(*, out=None, preset_name: str | None = None, arch: str | Non
                 "data": {"train": train_record, "valid": valid_record}}
     return _session(run_dir, False, overwrite, model, config, TrainState(), settings,
                     tokenizer, tokenizer_hash, train_lines, valid_lines, data, valid, device,
-                    command, tokenizer_json=tokenizer_json)
+                    command, tokenizer_json=tokenizer_json, teacher=teacher)
 
 
 def _check_new_out(run_dir: Path, overwrite: bool) -> None:
@@ -190,7 +194,7 @@ def _check_new_out(run_dir: Path, overwrite: bool) -> None:
 
 
 def _fine_tuned(init_from, out, preset_name, arch, data, valid, config_file,
-                model_overrides, train_overrides, overwrite, command) -> Session:
+                model_overrides, train_overrides, overwrite, command, teacher) -> Session:
     """A new run that starts from another run's model and tokenizer. Its train settings
     come from the preset (default tiny), the --config file's train: part and the flags;
     the model is the parent's as it is (any model setting is refused).
@@ -221,7 +225,7 @@ def _fine_tuned(init_from, out, preset_name, arch, data, valid, config_file,
     session = _session(run_dir, False, overwrite, run.model, config, TrainState(), settings,
                        tokenizer, tokenizer_sha256(run.tokenizer_path), train_lines,
                        valid_lines, data, valid, resolve_device(config.device), command,
-                       tokenizer_json=tokenizer_json)
+                       tokenizer_json=tokenizer_json, teacher=teacher)
     session.parent = parent
     return session
 
@@ -250,7 +254,7 @@ def _differences(requested, saved, skip=()) -> list[str]:
 
 
 def _resumed(run_dir: Path, out, preset_name, arch, data, valid, config_file,
-             model_overrides, train_overrides, command) -> Session:
+             model_overrides, train_overrides, command, teacher) -> Session:
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise ValueError(f"--out {out}: a resumed run continues in its own folder "
                          f"({run_dir}); drop --out")
@@ -295,11 +299,19 @@ def _resumed(run_dir: Path, out, preset_name, arch, data, valid, config_file,
         sources.append((lines, path))
     (train_lines, data), (valid_lines, valid) = sources
 
+    recorded_teacher = settings.get("teacher")
+    if teacher is not None and (recorded_teacher is None or Path(str(teacher)).resolve()
+                                != Path(recorded_teacher["path"])):
+        raise ValueError(f"--resume {run_dir}: --teacher {teacher} differs from the run's "
+                         f"({recorded_teacher['path'] if recorded_teacher else 'none'}); a "
+                         f"resumed run keeps its teacher (drop --teacher)")
     tokenizer = load_tokenizer(run.tokenizer_path)
     tokenizer_hash = tokenizer_sha256(run.tokenizer_path)
     settings = dict(settings, train=config.to_dict())
     session = _session(run_dir, True, False, run.model, config, state, settings, tokenizer,
-                       tokenizer_hash, train_lines, valid_lines, data, valid, device, command)
+                       tokenizer_hash, train_lines, valid_lines, data, valid, device, command,
+                       teacher=recorded_teacher["path"] if recorded_teacher else None,
+                       teacher_sha256=recorded_teacher and recorded_teacher["model_sha256"])
     apply_train_state(tensors, session.model, session.optimizer, run_dir / TRAIN_STATE_FILE,
                       device)
     return session
@@ -307,9 +319,9 @@ def _resumed(run_dir: Path, out, preset_name, arch, data, valid, config_file,
 
 def _session(run_dir, exists, overwrite, model, config, state, settings, tokenizer,
              tokenizer_hash, train_lines, valid_lines, data, valid, device, command,
-             tokenizer_json=None) -> Session:
+             tokenizer_json=None, teacher=None, teacher_sha256=None) -> Session:
     """The parts common to new and resumed runs: vocabulary check, token streams, cost
-    estimate, device placement and optimizer."""
+    estimate, device placement, the teacher and the optimizer."""
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {size} tokens but the model's vocab_size is "
@@ -326,10 +338,18 @@ def _session(run_dir, exists, overwrite, model, config, state, settings, tokeniz
         budget = budget.resolve(measure(model, config.target, model.config.context_length))
     if budget:
         check_feasible(budget, model, config.target, model.config.context_length)
+    teacher_model = None
+    if teacher is not None:
+        if config.distill_alpha == 0:
+            raise ValueError(f"--teacher {getattr(teacher, 'path', teacher)}: distill_alpha "
+                             f"is 0, so the teacher would not be used; give a weight in "
+                             f"(0, 1] or drop --teacher")
+        teacher_model, settings["teacher"] = load_teacher(
+            teacher, tokenizer_hash, model.config.vocab_size, device, teacher_sha256)
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     return Session(run_dir=run_dir, exists=exists, overwrite=overwrite, model=model,
                    optimizer=optimizer, config=config, state=state, settings=settings,
                    train_ids=train_ids, valid=vset, device=device, estimate=estimate,
                    params=count_params(model), command=command, tokenizer_json=tokenizer_json,
-                   budget=budget)
+                   budget=budget, teacher=teacher_model)
