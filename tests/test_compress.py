@@ -219,6 +219,7 @@ def test_cli_prints_the_table_and_json(tmp_path):
                     "--embeddings", "--out", tmp_path / "a")
     assert result.exit_code == 0, result.output
     assert "ranks after" in result.output and "token_embedding.tt" in result.output
+    assert "rel. output error" in result.output and "KL to input" in result.output
     result = invoke("compress", source, "--budget", "params=0.6x", "--target", PROFILE,
                     "--embeddings", "--out", tmp_path / "b", "--json")
     assert json.loads(result.stdout)["after"]["params"] <= 0.6 * json.loads(

@@ -122,17 +122,18 @@ def render(report: dict) -> str:
           number(r["params_before"]), number(r["params_after"]), f"{r['relative_error']:.3f}",
           f"{r['relative_output_error']:.3f}" if "relative_output_error" in r else "-"]
          for r in report["layers"]]))
-    before, after = report["before"], report["after"]
+    before, after, kl = report["before"], report["after"], report["kl_to_source"]
     lines += ["", format_table(
-        ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word"],
+        ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word",
+         "KL to input"],
         [["before", number(before["params"]), f"{before['size_mb']:.3f}",
           number(before["latency_ms"]), number(before["energy_uj"]),
-          number(report["perplexity"]["before"]["per_word"])],
+          number(report["perplexity"]["before"]["per_word"]), "-"],
          ["after", number(after["params"]), f"{after['size_mb']:.3f}",
           number(after["latency_ms"]), number(after["energy_uj"]),
-          number(report["perplexity"]["truncated"]["per_word"])]]
-        + ([["healed", "", "", "", "", number(report["perplexity"]["healed"]["per_word"])]]
-           if "healed" in report["perplexity"] else []))]
+          number(report["perplexity"]["truncated"]["per_word"]), f"{kl['truncated']:.4f}"]]
+        + ([["healed", "", "", "", "", number(report["perplexity"]["healed"]["per_word"]),
+             f"{kl['healed']:.4f}"]] if "healed" in report["perplexity"] else []))]
     return "\n".join(lines)
 
 
