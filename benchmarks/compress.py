@@ -126,9 +126,9 @@ def main() -> None:
 
     rows = [{"model": "dense (input)", **figures(source.model)}]
 
-    def compress(name: str, **options) -> None:
+    def compress(name: str, ratio: int, out: Path, **options) -> None:
         print(f"compressing: {name}", flush=True)
-        folder = Path(tmp) / name.replace("/", "_").replace(" ", "-").replace(",", "")
+        folder = out / name.replace("/", "_").replace(" ", "-").replace(",", "")
         report = compress_run(runs["dense"], folder, CompressOptions(
             budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True, calib=str(data),
             data=str(valid), eval_tokens=eval_tokens, device=args.device, **options))
@@ -143,11 +143,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in args.ratios:
             for label, method, layout in TRUNCATIONS:
-                compress(f"1/{ratio} {label}", method=method, layout=layout)
+                compress(f"1/{ratio} {label}", ratio, Path(tmp), method=method, layout=layout)
             for heal in args.heal_steps:
                 for label, alpha in HEALING:
-                    compress(f"1/{ratio} whitened, low-rank + heal {heal} ({label})",
-                             heal_steps=heal, distill_alpha=alpha)
+                    compress(f"1/{ratio} whitened, low-rank + heal {heal} ({label})", ratio,
+                             Path(tmp), heal_steps=heal, distill_alpha=alpha)
             scratch = load_run(runs[f"scratch-1/{ratio}"])
             rows.append({"model": f"1/{ratio} dense from scratch, d={scratch.config.d_model}",
                          **figures(scratch.model)})

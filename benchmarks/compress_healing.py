@@ -47,8 +47,14 @@ def main() -> None:
     def score(model) -> float:
         return perplexity(model, tokenizer, lines, max_tokens=args.eval_tokens)["per_word"]
 
+    def save() -> None:  # after every row: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({"machine": describe_host(1), "args": {
+                k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")
+
     rows = [{"setting": "truncated", "ppl_word": score(compressed)}]
     print(f"truncated: word perplexity {rows[0]['ppl_word']:.1f}", flush=True)
+    save()
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
             lr, alpha, temperature, steps = setting.split(":")
@@ -63,9 +69,7 @@ def main() -> None:
                          "seconds": time.perf_counter() - start})
             print(f"{setting}: word perplexity {rows[-1]['ppl_word']:.1f} "
                   f"({rows[-1]['seconds']:.0f} s)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": describe_host(1), "args": {
-            k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")
+            save()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.data import DataError, default_corpus, read_corpus
 from qtf_edge.evaluate import evaluate_text, token_windows
 from qtf_edge.runs import Run, load_run, save_run
-from qtf_edge.tokens import encode_lines
+from qtf_edge.tokens import token_stream
 
 DEFAULT_CALIBRATION_TOKENS = 16384
 
@@ -47,22 +47,6 @@ def calibration_windows(tokenizer, calib: str | Path | None, n_tokens: int,
         raise ValueError(f"{flag} {source}: only {len(stream):,} tokens; expected at least "
                          f"{n_tokens:,} ({flag}-tokens)")
     return token_windows(stream[:n_tokens], context_length)
-
-
-def token_stream(tokenizer, lines: list[str]) -> list[int]:
-    """The ids of the lines, one after another."""
-    return [t for ids in encode_lines(tokenizer, lines) for t in ids]
-
-
-def kl_to_source(model, source, tokenizer, lines: list[str], *, max_tokens: int | None,
-                 batch_size: int = 8) -> float:
-    """Mean KL(source || model) per token on the first max_tokens ids of the lines: how far
-    a derived model's predictions are from those of the model it came from."""
-    from qtf_edge.train.distillation import mean_kl  # training pulls in much
-
-    stream = token_stream(tokenizer, lines)[:max_tokens]
-    return mean_kl(model, source, token_windows(stream, model.config.context_length),
-                   batch_size=batch_size, device=next(model.parameters()).device)
 
 
 def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,

@@ -27,6 +27,11 @@ def encode_lines(tokenizer, lines: list[str]) -> list[list[int]]:
     return [[*encoding.ids, separator] for encoding in encodings]
 
 
+def token_stream(tokenizer, lines: list[str]) -> list[int]:
+    """The lines' ids as one stream, as training and evaluation read them."""
+    return [t for ids in encode_lines(tokenizer, lines) for t in ids]
+
+
 def encode_text(tokenizer, text: str) -> list[int]:
     """The ids of `text` as it is (no separator added)."""
     return tokenizer.encode(text, add_special_tokens=False).ids

@@ -14,7 +14,7 @@ from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.data import load_tokenizer, read_corpus
 from qtf_edge.evaluate import token_windows
 from qtf_edge.runs import load_run
-from qtf_edge.tokens import encode_lines
+from qtf_edge.tokens import token_stream
 from qtf_edge.train import loop
 from qtf_edge.train.distillation import distillation_loss, mean_kl, soft_kl
 from qtf_edge.train.state import read_train_state
@@ -57,7 +57,7 @@ def test_healing_with_the_source_as_teacher_lowers_kl_on_held_text(tmp_path, cor
     assert kl["truncated"] > 1e-3  # the cut did change its predictions
     assert kl["healed"] < kl["truncated"]
     tokenizer = load_tokenizer(load_run(teacher).tokenizer_path)
-    stream = [t for ids in encode_lines(tokenizer, read_corpus(corpus[1])) for t in ids]
+    stream = token_stream(tokenizer, read_corpus(corpus[1]))
     windows = token_windows(stream[:512], MICRO_MODEL["context_length"])
     recount = mean_kl(load_run(tmp_path / "healed").model, load_run(teacher).model, windows)
     assert recount == pytest.approx(kl["healed"], rel=1e-3)
@@ -102,6 +102,11 @@ def test_a_teacher_with_another_tokenizer_is_refused_in_one_line(tmp_path, corpu
                     "--data", other, "--valid", corpus[1], "--teacher", teacher,
                     "--out", tmp_path / "student")
     assert_one_line_error(result, "--teacher", "tokenizer")
+    assert not (tmp_path / "student").exists()
+    result = invoke("train", "--preset", "tiny", "--arch", "dense", "--config", config,
+                    "--data", corpus[0], "--valid", corpus[1], "--teacher", tmp_path / "none",
+                    "--out", tmp_path / "student")
+    assert_one_line_error(result, "--teacher", "not found")
     assert not (tmp_path / "student").exists()
     result = invoke("train", "--preset", "tiny", "--arch", "dense", "--config", config,
                     "--data", corpus[0], "--valid", corpus[1], "--teacher", teacher,

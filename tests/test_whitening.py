@@ -110,10 +110,28 @@ def test_layer_whitenings_read_each_layers_inputs_and_the_token_counts():
     whitenings = layer_whitenings(model, layers, windows)
     up = whitenings["blocks.0.ffn.up"]
     assert [f.shape for f in up.left] == [(32, 32), (1, 1)]
-    assert all(torch.equal(f, torch.eye(f.shape[0], dtype=torch.float64)) for f in up.right)
-    rows = torch.diagonal(whitenings["token_embedding.tt"].left[0]) ** 2
+    assert up.right == (None, None)  # the output side is not weighted
+    rows = whitenings["token_embedding.tt"].left[0] ** 2  # a diagonal, kept as a vector
     seen = {5, 7, 9}
     assert all(rows[t] > 10 * rows[0] for t in seen)
     assert rows[7] > rows[5]  # 7 is twice as frequent as 5 in the inputs
-    columns = whitenings["token_embedding.tt"].right
-    assert all(torch.equal(f, torch.eye(f.shape[0], dtype=torch.float64)) for f in columns)
+    assert whitenings["token_embedding.tt"].right == (None, None)
+
+
+@pytest.mark.parametrize("modes", [(24, 1), (4, 6)])
+def test_a_diagonal_gram_kept_as_a_vector_whitens_as_the_dense_matrix_does(modes):
+    """The embedding's frequencies stay a vector (a dense vocab x vocab factor would take
+    seconds to invert); its whitening and un-whitening equal the dense matrix's."""
+    frequency = torch.rand(24, dtype=torch.float64)
+    out_modes = (1, 5) if modes[1] == 1 else (5, 1)
+    weight = torch.randn(24, 5, dtype=torch.float64)
+    as_vector = Whitening(kronecker_factors(frequency, modes), identity_factors(out_modes))
+    as_matrix = Whitening(kronecker_factors(torch.diag(frequency), modes),
+                          identity_factors(out_modes))
+    assert all(f.dim() == 1 for f in as_vector.left)
+    torch.testing.assert_close(as_vector.whiten(weight, modes, out_modes),
+                               as_matrix.whiten(weight, modes, out_modes))
+    cores = [torch.randn(1, modes[0], out_modes[0], 3, dtype=torch.float64),
+             torch.randn(3, modes[1], out_modes[1], 1, dtype=torch.float64)]
+    for a, b in zip(as_vector.unwhiten(cores), as_matrix.unwhiten(cores)):
+        torch.testing.assert_close(a, b)

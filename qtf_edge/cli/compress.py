@@ -10,9 +10,9 @@ from qtf_edge.cli.derived_options import derived_run_options
 from qtf_edge.cli.main import cli, invocation, user_errors_exit_2
 from qtf_edge.cli.tables import format_table, number
 from qtf_edge.compress import ALLOCATORS, METHODS
-from qtf_edge.config import TT_LAYOUTS
 from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.compress.sweep import compress_sweep
+from qtf_edge.config import TT_LAYOUTS
 from qtf_edge.train.budget import KEYS
 
 

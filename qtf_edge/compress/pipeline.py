@@ -144,7 +144,7 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     whitenings: dict[str, Whitening | None] = dict.fromkeys(layers)
     if method == "whitened":
         whitenings = layer_whitenings(model, layers, calibration)
-    spectra = [layer_spectrum(name, _whitened(sources[name], whitenings[name]),
+    spectra = [layer_spectrum(name, _whitened(sources[name], whitenings[name], layer),
                               layer.in_modes, layer.out_modes)
                for name, layer in layers.items()]
     # Ranks never grow: an existing TT layer caps each bond at its current rank, a new
@@ -177,8 +177,11 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     return CompressResult(target, allocator, method, profile, limits, before, after, rows)
 
 
-def _whitened(weight: torch.Tensor, whitening: Whitening | None) -> torch.Tensor:
-    return weight if whitening is None else whitening.whiten(weight)
+def _whitened(weight: torch.Tensor, whitening: Whitening | None, layer: TTLinear
+              ) -> torch.Tensor:
+    if whitening is None:
+        return weight
+    return whitening.whiten(weight, layer.in_modes, layer.out_modes)
 
 
 def _allocate(target, spectra, start, limits, profile, seq_len, allocator, weights) -> dict:
@@ -246,6 +249,6 @@ def _layer_row(name: str, before: nn.Module, layer: TTLinear, weight: torch.Tens
            "params_before": count_params(before), "params_after": count_params(layer),
            "relative_error": relative_error(weight, dense)}
     if whitening is not None:
-        row["relative_output_error"] = relative_error(whitening.whiten(weight),
-                                                      whitening.whiten(dense))
+        row["relative_output_error"] = relative_error(_whitened(weight, whitening, layer),
+                                                      _whitened(dense, whitening, layer))
     return row

@@ -15,11 +15,14 @@ from dataclasses import asdict, dataclass
 from qtf_edge.compress.pipeline import compress_model
 from qtf_edge.cost import EnergyEstimator
 from qtf_edge.data import load_tokenizer
-from qtf_edge.derived import (calibration_windows, heal, kl_to_source, perplexity,
-                              validation_lines, write_derived_run)
+from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
+                              write_derived_run)
+from qtf_edge.evaluate import token_windows
 from qtf_edge.runs import check_new_run_dir, load_run
-from qtf_edge.train.config import TrainConfig
+from qtf_edge.tokens import token_stream
 from qtf_edge.train.budget import parse_budget
+from qtf_edge.train.config import TrainConfig
+from qtf_edge.train.distillation import mean_kl
 
 REPORT_FILE = "compress_report.json"
 
@@ -44,7 +47,7 @@ class CompressOptions:
     heal_steps: int = 0
     # Compression removes far more than distillation, so healing must move further: on
     # dense `small` at 1/4 of its parameters, 1000 distilled steps reach word perplexity
-    # 1211 at peak 2e-4, 898 at 1e-3 and 714 at 3e-3 (benchmarks/RESULTS.md).
+    # 1211 at peak 2e-4, 897 at 1e-3 and 718 at 3e-3 (benchmarks/RESULTS.md).
     heal_lr: float = 3e-3
     # Healing learns the uncompressed model's logits (train/distillation.py); 0: plain
     # next-token fine-tuning.
@@ -86,9 +89,13 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,
                           max_tokens=options.eval_tokens)
 
-    def kl(model) -> float:
-        return kl_to_source(model.to("cpu"), run.model.to("cpu"), tokenizer, valid,
-                            max_tokens=options.eval_tokens, batch_size=options.batch_size)
+    # The first eval_tokens of the validation text, as perplexity reads them.
+    held = token_windows(token_stream(tokenizer, valid)[:options.eval_tokens],
+                         run.config.context_length)
+
+    def kl(model) -> float:  # how far from the input model's predictions
+        return mean_kl(model.to("cpu"), run.model.to("cpu"), held,
+                       batch_size=options.batch_size)
 
     report = {"source": str(checkpoint), "out": str(out), "options": asdict(options),
               "budget": budget.spec(), **result.to_dict(),

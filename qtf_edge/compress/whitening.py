@@ -18,9 +18,9 @@ The embedding table's rows are weighted by token frequency: a lookup's inputs ar
 X^T X = diag(counts), so the truncation minimises the expected error of the rows looked up,
 ||D^1/2 (E - E')||_F. When the table is also the tied head, weighting its columns by the
 head's input Gram as well (||D^1/2 (E - E') S_h||_F, the K-FAC form of the head's Fisher)
-measured worse on dense `small` at 1/4 of the parameters (word perplexity 5155 against
-4170 before healing, benchmarks/RESULTS.md): the lookup's error, which every block sees,
-is not weighted by the head's inputs, so the rows alone are whitened.
+measured worse on dense `small` at 1/4 of the parameters (benchmarks/RESULTS.md): the
+lookup's error, which every block sees, is not weighted by the head's inputs, so the rows
+alone are whitened.
 
 Why by hand: no library here (tensorly, torch) whitens a TT-SVD; this is a few einsums
 around tensorly's TT-SVD.
@@ -41,23 +41,24 @@ from qtf_edge.tt import TTLinear
 DAMPING = 0.01
 
 
+Factor = torch.Tensor | None  # lower-triangular (m, m), a diagonal (m,), or None: identity
+
+
 @dataclass(frozen=True)
 class Whitening:
-    """Per-mode lower-triangular factors: input side (rows of W) and output side (columns);
-    the whitened weight is (S_0 x S_1 x ...)^T W (R_0 x R_1 x ...)."""
-    left: tuple[torch.Tensor, ...]
-    right: tuple[torch.Tensor, ...]
+    """Per-mode factors: input side (rows of W) and output side (columns); the whitened
+    weight is (S_0 x S_1 x ...)^T W (R_0 x R_1 x ...). A factor is a lower-triangular
+    matrix, a vector (a diagonal one: the embedding's token frequencies, where a dense
+    vocab x vocab matrix would cost seconds to invert) or None (the identity)."""
+    left: tuple[Factor, ...]
+    right: tuple[Factor, ...]
 
-    def whiten(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (in, out) -> its whitened form (in, out), float64."""
-        K = len(self.left)
-        in_modes = tuple(f.shape[0] for f in self.left)
-        out_modes = tuple(f.shape[0] for f in self.right)
+    def whiten(self, weight: torch.Tensor, in_modes, out_modes) -> torch.Tensor:
+        """weight (in, out) with these TT modes -> its whitened form (in, out), float64."""
+        K = len(in_modes)
         t = weight.detach().to(torch.float64).reshape(*in_modes, *out_modes)
-        for k, factor in enumerate(self.left):  # t[.., a, ..] = sum_b S_k[b, a] t[.., b, ..]
-            t = torch.movedim(torch.tensordot(factor.T, t, dims=([1], [k])), 0, k)
-        for k, factor in enumerate(self.right):
-            t = torch.movedim(torch.tensordot(t, factor, dims=([K + k], [0])), -1, K + k)
+        for axis, factor in enumerate(self.left + self.right):
+            t = _apply(t, axis, factor, input_side=axis < K)
         return t.reshape(weight.shape)
 
     def unwhiten(self, cores: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -65,43 +66,66 @@ class Whitening:
         out = []
         for core, left, right in zip(cores, self.left, self.right):
             c = core.detach().to(torch.float64)
-            c = torch.einsum("ab,rbns->rans", torch.linalg.inv(left).T, c)
-            c = torch.einsum("rmds,dc->rmcs", c, torch.linalg.inv(right))
+            c = _apply(c, 1, _inverse(left), input_side=True)
+            c = _apply(c, 2, _inverse(right), input_side=False)
             out.append(c.to(core.dtype))
         return out
 
 
-def identity_factors(modes) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.eye(m, dtype=torch.float64) for m in modes)
+def _apply(t: torch.Tensor, axis: int, factor: Factor, input_side: bool) -> torch.Tensor:
+    """t with the index `axis` multiplied by the factor F: t' = F^T t on the input side
+    (the rows of W), t' = t F on the output side; a diagonal factor scales, None is the
+    identity."""
+    if factor is None:
+        return t
+    if factor.dim() == 1:
+        shape = [1] * t.dim()
+        shape[axis] = -1
+        return t * factor.reshape(shape)
+    if input_side:
+        return torch.movedim(torch.tensordot(factor.T, t, dims=([1], [axis])), 0, axis)
+    return torch.movedim(torch.tensordot(t, factor, dims=([axis], [0])), -1, axis)
+
+
+def _inverse(factor: Factor) -> Factor:
+    if factor is None:
+        return None
+    return 1 / factor if factor.dim() == 1 else torch.linalg.inv(factor)
+
+
+def identity_factors(modes) -> tuple[Factor, ...]:
+    return (None,) * len(modes)
 
 
 def kronecker_factors(gram: torch.Tensor, modes) -> tuple[torch.Tensor, ...]:
     """Cholesky factors S_k with gram ~ (S_0 S_0^T) x (S_1 S_1^T) x ... for these modes.
 
-    gram: (n, n) with n = prod(modes), or a vector, its diagonal. Each mode's factor is
-    the partial trace over the other modes; their product has gram's trace^K, so each is
-    scaled by trace^-(K-1)/K to keep the total (exact for one non-trivial mode).
+    gram: (n, n) with n = prod(modes), or a vector, its diagonal (the factors are then
+    vectors too: diagonal square roots). Each mode's factor is the partial trace over the
+    other modes; their product has gram's trace^K, so each is scaled by trace^-(K-1)/K to
+    keep the total (exact for one non-trivial mode).
     """
     K = len(modes)
+    diagonal = gram.dim() == 1
     gram = gram.to(torch.float64)
-    trace = float(gram.sum() if gram.dim() == 1 else gram.diagonal().sum())
+    trace = float(gram.sum() if diagonal else gram.diagonal().sum())
     factors = []
     for k in range(K):
-        if gram.dim() == 1:
+        if diagonal:
             others = tuple(j for j in range(K) if j != k)
-            mode_gram = torch.diag(gram.reshape(modes).sum(dim=others) if others
-                                   else gram.reshape(modes))
+            mode_gram = gram.reshape(modes).sum(dim=others) if others else gram.reshape(modes)
         else:
             letters = "abcdefgh"[:K]
-            rows = letters
             cols = "".join("z" if j == k else letters[j] for j in range(K))
-            mode_gram = torch.einsum(f"{rows}{cols}->{letters[k]}z",
+            mode_gram = torch.einsum(f"{letters}{cols}->{letters[k]}z",
                                      gram.reshape(*modes, *modes))
         mode_gram = mode_gram * trace ** (-(K - 1) / K) if trace > 0 else mode_gram
         if modes[k] > 1:  # a mode of size 1 is a scale, with no direction to regularise
-            ridge = DAMPING * float(mode_gram.diagonal().mean()) or DAMPING
-            mode_gram = mode_gram + ridge * torch.eye(modes[k], dtype=torch.float64)
-        factors.append(torch.linalg.cholesky(mode_gram))
+            values = mode_gram if diagonal else mode_gram.diagonal()
+            ridge = DAMPING * float(values.mean()) or DAMPING
+            mode_gram = (mode_gram + ridge if diagonal else
+                         mode_gram + ridge * torch.eye(modes[k], dtype=torch.float64))
+        factors.append(mode_gram.sqrt() if diagonal else torch.linalg.cholesky(mode_gram))
     return tuple(factors)
 
 
@@ -170,7 +194,7 @@ def truncate_into(layer: TTLinear, weight: torch.Tensor, ranks, whitening: White
     if whitening is None:
         layer.set_from_dense(weight, ranks)
         return
-    layer.set_from_dense(whitening.whiten(weight), ranks)
+    layer.set_from_dense(whitening.whiten(weight, layer.in_modes, layer.out_modes), ranks)
     for core, value in zip(layer.cores, whitening.unwhiten(list(layer.cores))):
         core.copy_(value)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from qtf_edge.evaluate import window_batches
-from qtf_edge.runs import Run, load_run, sha256_file
+from qtf_edge.runs import Run, RunError, load_run, sha256_file
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -62,9 +62,16 @@ def load_teacher(teacher: str | Run, tokenizer_hash: str, vocab_size: int,
                  ) -> tuple[torch.nn.Module, dict]:
     """(frozen teacher model on device, record {path, model_sha256} for the run's settings).
 
-    ValueError naming --teacher when its tokenizer or vocabulary differs from the
-    student's, or (on resume) when its weights changed since the run began."""
-    run = teacher if isinstance(teacher, Run) else load_run(teacher)
+    ValueError naming --teacher when it is not a run folder, when its tokenizer or
+    vocabulary differs from the student's, or (on resume) when its weights changed since
+    the run began."""
+    if isinstance(teacher, Run):
+        run = teacher
+    else:
+        try:
+            run = load_run(teacher)
+        except RunError as error:
+            raise RunError(f"--teacher: {error}") from None
     flag = f"--teacher {run.path}"
     if sha256_file(run.tokenizer_path) != tokenizer_hash:
         raise ValueError(f"{flag}: its tokenizer.json differs from the student's; a teacher "

@@ -25,7 +25,6 @@ from qtf_edge.cost.counts import count_params
 from qtf_edge.runs import TRAIN_STATE_FILE, append_metrics, save_checkpoint, save_run
 from qtf_edge.train import distributed
 from qtf_edge.train.batches import random_batch
-from qtf_edge.train.distillation import distillation_loss
 from qtf_edge.train.budget import (
     BudgetError,
     describe,
@@ -35,6 +34,7 @@ from qtf_edge.train.budget import (
     scheduled_steps,
     violations,
 )
+from qtf_edge.train.distillation import distillation_loss
 from qtf_edge.train.interrupt import stop_on_sigint
 from qtf_edge.train.optimizer import make_optimizer
 from qtf_edge.train.progress import Progress
