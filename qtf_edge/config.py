@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 MAX_QUBITS = 10  # statevectors of 2**10 amplitudes per token are the practical limit here
 FORMS = ("simulated", "deploy")
@@ -75,6 +75,13 @@ class ModelConfig:
     form: str = "simulated"
     spline_grid: int = 16
     spline_order: int = 3
+
+    # Weight-only quantisation (qtf_edge/quant): {layer path: 4 or 8} for nn.Linear and
+    # nn.Embedding layers, which then compute with their block-rounded weights and export
+    # as ONNX Runtime's MatMulNBits / GatherBlockQuantized. int4 blocks hold weight_block
+    # inputs; int8 has one scale per output channel. Written by `qtf-edge compress`.
+    weight_bits: dict = field(default_factory=dict)
+    weight_block: int = 32
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -207,6 +214,13 @@ def _validate(c: ModelConfig) -> None:
                  "router_temperature", "a number > 0", c.router_temperature)
     if c.use_qkan:
         _int_in(c, "daruan_reps", 1, 8)
+    from qtf_edge.quant.blockwise import BITS, MIN_BLOCK, is_block_size  # local: config must import fast
+
+    _require(isinstance(c.weight_bits, dict)
+             and all(isinstance(k, str) and v in BITS for k, v in c.weight_bits.items()),
+             "weight_bits", f"a mapping of layer path to one of {BITS}", c.weight_bits)
+    _require(is_block_size(c.weight_block), "weight_block", f"a power of two >= {MIN_BLOCK}",
+             c.weight_block)
     _require(c.form in FORMS, "form", " or ".join(repr(f) for f in FORMS), c.form)
     if c.form == "deploy" and c.use_qkan:
         from qtf_edge.kan.bspline import GRID_SIZE_RANGE, ORDER_RANGE  # local: config must import fast

@@ -13,6 +13,7 @@ from qtf_edge.compress import ALLOCATORS, METHODS
 from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.compress.sweep import compress_sweep
 from qtf_edge.config import TT_LAYOUTS
+from qtf_edge.quant import BITS, DEFAULT_BLOCK
 from qtf_edge.train.budget import KEYS
 
 
@@ -47,6 +48,13 @@ from qtf_edge.train.budget import KEYS
 @click.option("--sensitivity/--no-sensitivity", default=None,
               help="Weigh each layer's discarded energy by the loss increase its truncation "
                    "causes on --calib (measured per layer) [default: on for greedy].")
+@click.option("--bits", type=click.Choice([str(b) for b in BITS]), default=None,
+              help="Weight-only quantisation of every layer that stays dense (linear layers, "
+                   "embeddings, head): 8 (one scale per output channel) or 4 (one per --block "
+                   "inputs). Run by ONNX Runtime's MatMulNBits / GatherBlockQuantized. When the "
+                   "quantised model fits the budget, no rank is cut.")
+@click.option("--block", type=int, default=DEFAULT_BLOCK, show_default=True,
+              help="Inputs per int4 scale: a power of two >= 16.")
 @click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
               show_default=True,
               help="Calibration tokens read from --calib for the input statistics and "
@@ -69,7 +77,7 @@ from qtf_edge.train.budget import KEYS
 @derived_run_options
 @user_errors_exit_2
 def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout, allocator,
-             sensitivity, calib_tokens, heal_steps, heal_lr, distill_alpha,
+             sensitivity, bits, block, calib_tokens, heal_steps, heal_lr, distill_alpha,
              distill_temperature, calib, data, seed, device, overwrite, quiet, as_json):
     """Truncate ranks (dense layers become low-rank or TT first) until the model fits a budget.
 
@@ -81,13 +89,16 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
       qtf-edge compress runs/small-dense --budget params=0.25x --target rpi4 --out runs/small-c4
       qtf-edge compress runs/tiny-qtf --budget latency_ms=0.2 --target rpi4 --heal-steps 100 --out runs/t
       qtf-edge compress runs/small-dense --budget params=0.25x --method plain --out runs/p
+      qtf-edge compress runs/small-dense --budget size_mb=0.25x --bits 8 --out runs/int8
       qtf-edge compress runs/small-dense --sweep params=200k:1M:5 --embeddings --out runs/sweep
     """
     if (budget is None) == (sweep is None):
         raise click.UsageError("give exactly one of --budget and --sweep")
     options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
                               allocator=allocator, method=method, layout=layout,
-                              sensitivity=sensitivity, calib_tokens=calib_tokens,
+                              sensitivity=sensitivity,
+                              bits=None if bits is None else int(bits), block=block,
+                              calib_tokens=calib_tokens,
                               heal_steps=heal_steps, heal_lr=heal_lr,
                               distill_alpha=distill_alpha,
                               distill_temperature=distill_temperature, calib=calib, data=data,
@@ -114,14 +125,25 @@ def _ranks(ranks) -> str:
 def render(report: dict) -> str:
     lines = [f"{report['out']}: {report['source']} compressed to --budget {report['budget']} "
              f"({report['method']} truncation, {report['allocator']} allocation; latency and "
-             f"energy estimated on {report['profile']})", ""]
-    lines.append(format_table(
-        ["layer", "ranks before", "ranks after", "params before", "params after",
-         "rel. error", "rel. output error"],
-        [[r["layer"], _ranks(r["ranks_before"]), _ranks(r["ranks_after"]),
-          number(r["params_before"]), number(r["params_after"]), f"{r['relative_error']:.3f}",
-          f"{r['relative_output_error']:.3f}" if "relative_output_error" in r else "-"]
-         for r in report["layers"]]))
+             f"energy estimated on {report['profile']})"]
+    truncated = [r for r in report["layers"] if "ranks_after" in r]
+    quantized = [r for r in report["layers"] if "bits" in r]
+    if truncated:
+        lines += ["", format_table(
+            ["layer", "ranks before", "ranks after", "params before", "params after",
+             "rel. error", "rel. output error"],
+            [[r["layer"], _ranks(r["ranks_before"]), _ranks(r["ranks_after"]),
+              number(r["params_before"]), number(r["params_after"]),
+              f"{r['relative_error']:.3f}",
+              f"{r['relative_output_error']:.3f}" if "relative_output_error" in r else "-"]
+             for r in truncated])]
+    if quantized:
+        lines += ["", format_table(
+            ["layer", "weights", "bytes before", "bytes after", "rel. error"],
+            [[r["layer"], f"int{r['bits']}, " + ("per output channel" if r["bits"] == 8
+                                                   else f"blocks of {r['block']}"),
+              number(r["bytes_before"]),
+              number(r["bytes_after"]), f"{r['relative_error']:.4f}"] for r in quantized])]
     before, after, kl = report["before"], report["after"], report["kl_to_source"]
     lines += ["", format_table(
         ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word",

@@ -33,7 +33,8 @@ from qtf_edge.export.recipes import known_targets, load_recipe
 @click.option("--data-tokens", type=click.IntRange(2), default=ExportOptions.eval_tokens,
               show_default=True, help="Tokens read from --data.")
 @click.option("--max-size-mb", type=click.FloatRange(0, min_open=True), default=None,
-              help="Weights may grow to this size when TT layers are materialised.")
+              help="Weights may grow to this size when TT layers are materialised "
+                   "[default: a compressed run's own size budget, else no limit].")
 @click.option("--threads", type=click.IntRange(1), default=ExportOptions.threads,
               show_default=True, help="onnxruntime threads for validation on this machine.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")

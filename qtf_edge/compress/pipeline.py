@@ -18,6 +18,12 @@
 5. Cores come from TT-SVD (tensorly) of the (whitened) weights at the allocated ranks,
    un-whitened; every other weight is copied. The result's figures are measured again:
    the budget is met or BudgetError.
+
+With `bits` (weight-only quantisation, qtf_edge/quant), every layer that stays dense
+(nn.Linear, nn.Embedding) computes with its weights rounded to int8 or int4, and the
+budget's size counts their codes and scales. The model quantised as it is comes first:
+when it fits, nothing is truncated (quantisation costs far less accuracy than rank);
+otherwise the steps above run with the remaining dense layers quantised.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from qtf_edge.compress.whitening import Whitening, layer_whitenings, truncate_in
 from qtf_edge.config import TT_LAYOUTS, ModelConfig, block_rank_limit, embedding_rank_limit
 from qtf_edge.cost.counts import count_params
 from qtf_edge.model import QTensorFormer
-from qtf_edge.train.budget import (BYTES_PER_PARAM, Budget, BudgetError, describe, measure,
-                                   unmet_message, violations)
+from qtf_edge.quant import DEFAULT_BLOCK, quantizable_layers, quantized_layers
+from qtf_edge.quant.layers import FLOAT_BYTES
+from qtf_edge.train.budget import (Budget, BudgetError, describe, measure, unmet_message,
+                                   violations)
 from qtf_edge.tt import TTEmbedding, TTLinear, plan_contraction
 
 ALLOCATORS = ("greedy", "uniform")
@@ -119,7 +127,8 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
                    embeddings: bool = False, allocator: str = "greedy",
                    method: str = "whitened", layout: str = "low_rank",
                    calibration: list[list[int]] | None = None,
-                   sensitivity: bool = True) -> CompressResult:
+                   sensitivity: bool = True, bits: int | None = None,
+                   block: int = DEFAULT_BLOCK) -> CompressResult:
     """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
     calibration: token windows, needed by method "whitened" and by sensitivity (the greedy
     allocator then weighs each layer's discarded energy by its measured loss sensitivity,
@@ -136,7 +145,14 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     seq_len = model.config.context_length
     before = measure(model, profile, seq_len)
     limits = (budget.resolve(before) if budget.relative else budget).limits()
-    target = QTensorFormer(target_config(model.config, embeddings, layout)).eval()
+    if bits is not None:
+        quantized = with_weight_bits(model, model.config, bits, block)
+        after = measure(quantized, profile, seq_len)
+        if not violations(Budget(**limits), after):
+            return CompressResult(quantized, allocator, method, profile, limits, before, after,
+                                  _quantized_rows(model, quantized))
+    target = with_weight_bits(None, target_config(model.config, embeddings, layout), bits,
+                              block)
     layers = {name: m for name, m in target.named_modules() if isinstance(m, TTLinear)
               and (embeddings or not name.startswith(("token_embedding", "head")))}
     originals = {name: _source_module(model, name) for name in layers}
@@ -174,7 +190,38 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
             for name in layers]
     for row in rows if weights else ():
         row["sensitivity"] = weights[row["layer"]]
+    rows += _quantized_rows(model, target)
     return CompressResult(target, allocator, method, profile, limits, before, after, rows)
+
+
+def with_weight_bits(source: nn.Module | None, config: ModelConfig, bits: int | None,
+                     block: int) -> QTensorFormer:
+    """The model of `config` with every quantisable layer at `bits` (None: as config
+    says), holding `source`'s weights when given."""
+    model = QTensorFormer(config)
+    if bits is not None:
+        weight_bits = dict.fromkeys(quantizable_layers(model), bits)
+        model = QTensorFormer(dataclasses.replace(config, weight_bits=weight_bits,
+                                                  weight_block=block))
+    if source is not None:
+        model.load_state_dict(source.state_dict())
+    return model.eval()
+
+
+@torch.no_grad()
+def _quantized_rows(source: nn.Module, model: nn.Module) -> list[dict]:
+    """Per quantised layer: bits, block, bytes before and after, and the relative
+    Frobenius error of the rounding."""
+    rows = []
+    for name, layer in quantized_layers(model).items():
+        weight = source.get_submodule(name).weight
+        rounded = layer.quant.dequantize(layer.weight)
+        rows.append({"layer": name, "bits": layer.quant.bits, "block": layer.quant.block,
+                     "bytes_before": FLOAT_BYTES * weight.numel(),
+                     "bytes_after": layer.quant.nbytes(*layer.weight.shape),
+                     "relative_error": float(torch.linalg.norm(rounded - weight)
+                                             / torch.linalg.norm(weight))})
+    return rows
 
 
 def _whitened(weight: torch.Tensor, whitening: Whitening | None, layer: TTLinear
@@ -195,10 +242,11 @@ def _allocate(target, spectra, start, limits, profile, seq_len, allocator, weigh
             return ranks
         cost: Cost = params_cost if missed.keys() & by_params else flops_cost
         layer_cost = total_cost(spectra, ranks, cost)
-        if cost is params_cost:
-            allowed = min(limits.get("params", float("inf")),
-                          limits.get("size_mb", float("inf")) * 1e6 / BYTES_PER_PARAM)
-            goal = layer_cost - (figures["params"] - allowed)
+        if cost is params_cost:  # TT cores are float32: a byte over is a quarter parameter
+            over = max(figures["params"] - limits.get("params", float("inf")),
+                       (figures["size_mb"] - limits.get("size_mb", float("inf")))
+                       * 1e6 / FLOAT_BYTES)
+            goal = layer_cost - over
         else:
             goal = layer_cost * min(limit / figure for figure, limit in missed.values()) * 0.98
         if allocator == "greedy":

@@ -9,8 +9,10 @@ measures again, then writes the run and compress_report.json.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from qtf_edge.compress.pipeline import compress_model
 from qtf_edge.cost import EnergyEstimator
@@ -18,6 +20,7 @@ from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
                               write_derived_run)
 from qtf_edge.evaluate import token_windows
+from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MIN_BLOCK, is_block_size
 from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.tokens import token_stream
 from qtf_edge.train.budget import parse_budget
@@ -43,6 +46,9 @@ class CompressOptions:
     # small model at 1/4 of its parameters, perplexity 1.6e8 against 2.5e4 weighted
     # (benchmarks/RESULTS.md). None: on for greedy, off for uniform.
     sensitivity: bool | None = None
+    # Weight-only quantisation of the layers that stay dense (qtf_edge/quant): 8, 4 or None.
+    bits: int | None = None
+    block: int = DEFAULT_BLOCK         # inputs per int4 scale
     calib_tokens: int = 16384          # calibration tokens (input statistics, sensitivities)
     heal_steps: int = 0
     # Compression removes far more than distillation, so healing must move further: on
@@ -61,12 +67,30 @@ class CompressOptions:
     device: str = "cpu"                # where healing runs (auto, cpu, cuda)
 
 
+def size_limit(run_dir) -> float | None:
+    """The size_mb limit `compress` met for this run (None: not a compressed run, or no
+    size budget): export keeps the shipped weights within it."""
+    path = Path(run_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        limit = json.loads(path.read_text(encoding="utf-8"))["limits"].get("size_mb")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: unreadable compress report; expected the JSON that "
+                         f"`qtf-edge compress` writes") from None
+    if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
+        raise ValueError(f"{path}: limits.size_mb is {limit!r}; expected a positive number")
+    return limit
+
+
 def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool = False,
                  quiet: bool = True, command: str = "compress") -> dict:
     """Write the compressed model of `checkpoint` to `out`; returns the report."""
     start = time.perf_counter()
     budget = parse_budget(options.budget)  # bad keys and numbers first, naming --budget
     EnergyEstimator(options.target)  # an unknown --target: ProfileError naming it
+    if options.bits is not None and not is_block_size(options.block):
+        raise ValueError(f"--block {options.block}: expected a power of two >= {MIN_BLOCK}")
     TrainConfig(distill_alpha=options.distill_alpha,  # bad distillation settings, named
                 distill_temperature=options.distill_temperature)
     check_new_run_dir(out, overwrite)  # a taken --out fails before the work
@@ -83,7 +107,7 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
     result = compress_model(run.model, budget, options.target, embeddings=options.embeddings,
                             allocator=options.allocator, method=options.method,
                             layout=options.layout, calibration=windows,
-                            sensitivity=sensitivity)
+                            sensitivity=sensitivity, bits=options.bits, block=options.block)
 
     def evaluate(model) -> dict:
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,

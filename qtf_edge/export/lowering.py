@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from qtf_edge.cost.energy import EnergyEstimator
+from qtf_edge.quant import weight_bytes
 from qtf_edge.tt import TTEmbedding, TTLinear
 
 BYTES_PER_VALUE = 4
@@ -127,16 +128,16 @@ def choose_lowering(model: nn.Module, profile: str, *, tokens: int = 1, measure:
             candidates.append((times["tt"] - times["dense"], product, row))
         product.holder.lowering = "tt"
         rows.append(row)
-    weight_bytes = BYTES_PER_VALUE * sum(p.numel() for p in model.parameters())
+    shipped = weight_bytes(model)
     for _, product, row in sorted(candidates, key=lambda c: c[0], reverse=True):
         growth = BYTES_PER_VALUE * (product.in_features * product.out_features
                                     - product.tt_params)
         why = "dense is faster" if chain_runs else "the target runs no batched matmul"
-        if max_bytes is not None and weight_bytes + growth > max_bytes:
+        if max_bytes is not None and shipped + growth > max_bytes:
             row["why"] = f"{why}, but dense would exceed the size budget"
             continue
         product.holder.lowering, row["chosen"], row["why"] = "dense", "dense", why
-        weight_bytes += growth
+        shipped += growth
     return rows
 
 

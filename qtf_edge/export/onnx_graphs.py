@@ -26,7 +26,9 @@ from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.distill.deploy import has_simulation
 from qtf_edge.export.graphs import DecodeGraph, PrefillGraph, input_names, output_names
 from qtf_edge.export.lowering import apply_lowering
+from qtf_edge.export.onnx_weight_only import lower_weight_only
 from qtf_edge.export.quiet import quiet_tools
+from qtf_edge.quant import dequantized_copy, quantized_layers
 
 PROTOBUF_LIMIT = 2**31  # bytes: one ModelProto cannot be serialised beyond 2 GB
 # Example sizes to trace with. Distinct values, all > 1: a size of 1, or two inputs sharing
@@ -72,13 +74,18 @@ def node_layer(node_name: str) -> str | None:
     return node_name.split("/", 1)[0] if "/" in node_name else None
 
 
+def op_name(node: onnx.NodeProto) -> str:
+    """The op type, as `domain:Op` outside the default domain (how recipes list ops)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+
+
 def op_layers(model: onnx.ModelProto) -> dict[str, str]:
-    """op type -> the module of its first node that has one."""
+    """op name -> the module of its first node that has one."""
     layers: dict[str, str] = {}
     for node in model.graph.node:
         layer = node_layer(node.name)
         if layer is not None:
-            layers.setdefault(node.op_type, layer)
+            layers.setdefault(op_name(node), layer)
     return layers
 
 
@@ -107,7 +114,7 @@ def graph_info(model: onnx.ModelProto, file: str) -> dict:
     """What a graph looks like: I/O names and shapes (symbolic dims as strings), ops, and
     the layer each op type first comes from."""
     graph = model.graph
-    ops = collections.Counter(node.op_type for node in graph.node)
+    ops = collections.Counter(op_name(node) for node in graph.node)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return {"file": file, "opset": opset, "nodes": len(graph.node),
             "inputs": {v.name: _dims(v) for v in graph.input},
@@ -135,11 +142,18 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
     a graph runs one path per TT product at every size, so prefill and decode each get
     the path that suits their token count. None: the model's lowerings as they are.
 
+    Weight-only quantised layers (config.weight_bits) are traced with their rounded
+    weights in float and then read from their codes (onnx_weight_only.py); info gains
+    "weight_only", one row per such layer.
+
     The model is put in eval mode. ValueError for a simulated-form QTF model, weights of
     2 GB or more, or a context too short to trace.
     """
     check_exportable(model)
     model.eval()
+    quantized = model
+    if quantized_layers(model):
+        model = dequantized_copy(model)
     config, out_dir = model.config, Path(out_dir)
     batch = {0: BATCH}
     generator = torch.Generator().manual_seed(0)  # leaves the caller's random state alone
@@ -164,6 +178,9 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, opset: int = 18,
         if lowerings is not None:
             apply_lowering(model, lowerings[name])
         graph = trace()
+        weight_only = lower_weight_only(graph, quantized)
         file = f"{name}.onnx"
         info[name] = {**graph_info(graph, file), "bytes": save_onnx(graph, out_dir / file)}
+        if weight_only:
+            info[name]["weight_only"] = weight_only
     return info

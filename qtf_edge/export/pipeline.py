@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from qtf_edge.compress.run import size_limit
 from qtf_edge.data import default_corpus, load_tokenizer
 from qtf_edge.data.corpus import SPLITS
 from qtf_edge.derived import calibration_windows
@@ -74,7 +75,9 @@ class ExportOptions:
     eval_tokens: int = 8192            # validation tokens each artifact is scored on
     decode_windows: int = 4            # windows the decode graph is validated on
     decode_steps: int = 32             # decode calls per window
-    max_size_mb: float | None = None   # weight bytes the TT lowering may grow the model to
+    # Weight MB the TT lowering may grow the model to; None: a compressed run's own size
+    # budget (its compress_report.json), else no limit.
+    max_size_mb: float | None = None
     # Time both TT lowerings in torch on this machine instead of estimating them; None: only
     # for the cpu target, the one whose device class is the exporting machine.
     measure_lowering: bool | None = None
@@ -109,6 +112,18 @@ def check_onnx_ops(graphs: dict, recipe) -> None:
                 where = f"layer {layer}, {info['file']}" if layer else info["file"]
                 raise ValueError(f"target {recipe.name} cannot run the ONNX op {op} ({where}); "
                                  f"{recipe.path} lists the ops it runs in accepted_ops")
+
+
+def check_weight_bits(model, recipe) -> None:
+    """ValueError (before any work) for int4 weights on a target whose runtime has no
+    kernel for them. int8 weight-only layers export everywhere: TFLite graphs carry their
+    rounded weights (float32, then the tflite_int8 pass's own int8)."""
+    int4 = [name for name, bits in model.config.weight_bits.items() if bits == 4]
+    if int4 and recipe.runtime != "onnxruntime":
+        raise ValueError(f"target {recipe.name} runs {recipe.runtime}, which cannot execute "
+                         f"the int4 weights of {int4[0]} (they need ONNX Runtime's "
+                         f"com.microsoft:MatMulNBits); compress with --bits 8, or export for "
+                         f"a target that runs onnxruntime")
 
 
 def compiler_command(recipe) -> str | None:
@@ -156,6 +171,7 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
     check_bundle_out(out, options.force)  # before any work
     run = load_run(checkpoint)
     model = run.model.eval()
+    check_weight_bits(model, recipe)
     seq_len = model.config.context_length
     tokenizer = load_tokenizer(run.tokenizer_path)
     windows = calibration_windows(tokenizer, options.data or default_corpus("valid"),
@@ -182,7 +198,9 @@ def export_run(checkpoint, out, options: ExportOptions = ExportOptions(), *,
     def lower_tt(m):
         measured = (recipe.name == "cpu" if options.measure_lowering is None
                     else options.measure_lowering)
-        max_bytes = None if options.max_size_mb is None else options.max_size_mb * 1e6
+        max_size_mb = (size_limit(checkpoint) if options.max_size_mb is None
+                       else options.max_size_mb)
+        max_bytes = None if max_size_mb is None else max_size_mb * 1e6
         # ONNX Runtime runs the chain's MatMuls; a TFLite target needs BATCH_MATMUL for it.
         chain_runs = recipe.runtime == "onnxruntime" or "BATCH_MATMUL" in recipe.accepted_ops
         for graph, tokens in (("prefill", seq_len), ("decode", 1)):  # decode's stays set

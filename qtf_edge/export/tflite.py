@@ -32,6 +32,7 @@ import torch
 from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.export.quiet import quiet_tools
 from qtf_edge.export.validate import LogitComparison
+from qtf_edge.quant import dequantized_copy
 
 EXTRA_HINT = "pip install 'qtf-edge[tflite]'"
 # litert-torch's names for the one signature of a converted module and its tensors.
@@ -65,9 +66,12 @@ def _require(module: str):
 
 
 def export_tflite(model, path: str | Path) -> dict:
-    """Write the float32 TFLite file of `model` (eval mode, deploy form) to `path`."""
+    """Write the float32 TFLite file of `model` (eval mode, deploy form) to `path`.
+    Weight-only quantised layers have no TFLite kernel that reads their codes: they are
+    written as their rounded weights in float32 (the same function; tflite_int8 then
+    rounds them to its own int8)."""
     litert_torch = _require("litert_torch")
-    model.eval()
+    model = dequantized_copy(model.eval())
     config = model.config
     ids = torch.zeros((1, config.context_length), dtype=torch.long)
     with quiet_tools(), tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,7 @@ from qtf_edge.model.block import Block, TokenTrace
 from qtf_edge.model.encoder import QuantumTokenEncoder
 from qtf_edge.model.kv_cache import KVCache
 from qtf_edge.model.qksam import QuantumKernelAttention
+from qtf_edge.quant import QuantizedEmbedding, quantize_layers
 from qtf_edge.tt import TTEmbedding, TTLinear
 
 
@@ -49,6 +50,7 @@ class QTensorFormer(nn.Module):
                          if config.tt_embeddings else
                          nn.Linear(config.d_model, config.vocab_size, bias=False))
         self.apply(self._init_weights)
+        quantize_layers(self, config.weight_bits, config.weight_block)
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 initialisation, N(0, 0.02) entries, for dense and TT weights alike, so that
@@ -85,7 +87,7 @@ class QTensorFormer(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
             return self.head(x)
-        if isinstance(self.token_embedding, TTEmbedding):
+        if isinstance(self.token_embedding, (TTEmbedding, QuantizedEmbedding)):
             return self.token_embedding.attend(x)
         return F.linear(x, self.token_embedding.weight)
 

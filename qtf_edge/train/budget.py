@@ -4,7 +4,8 @@
 
 Keys: params (parameters), flops (counted per query of context_length tokens), latency_ms
 and energy_uj (per query, ESTIMATED by the cost model on the --target profile, never
-measured) and size_mb (float32 weights, 4 bytes a parameter). Numbers take an optional
+measured) and size_mb (the weights' bytes as they ship: 4 bytes a float32 parameter, codes
+and scales for weight-only quantised layers, a tied table once; quant/layers.py). Numbers take an optional
 k (x1e3) or M (x1e6) suffix, or an x to be relative to the input model (params=0.25x).
 
 Policy (what `fit_to_budget` and the training loop do):
@@ -46,10 +47,10 @@ from torch import nn
 
 from qtf_edge.cost import EnergyEstimator, estimate_model_energy
 from qtf_edge.cost.counts import count_params, model_cost, total
+from qtf_edge.quant import weight_bytes
 from qtf_edge.tt import TTLinear
 
 KEYS = ("params", "flops", "latency_ms", "energy_uj", "size_mb")
-BYTES_PER_PARAM = 4  # size_mb counts float32 weights
 SCHEDULE = (0.25, 0.5, 0.75)  # fractions of the steps at which ranks may be lowered
 RANK_STEP = 0.75              # the shared rank cap shrinks by this factor per try
 _SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "x": 1.0}
@@ -133,7 +134,7 @@ def describe(key: str, value: float, profile: str | None = None) -> str:
     if key == "flops":
         return f"{value:.4g} FLOPs per query"
     if key == "size_mb":
-        return f"{value:.4g} MB of float32 weights"
+        return f"{value:.4g} MB of weights"
     unit = "ms" if key == "latency_ms" else "uJ"
     where = f" on {profile}" if profile else ""
     return f"{value:.4g} {unit} per query (estimated{where})"
@@ -141,12 +142,13 @@ def describe(key: str, value: float, profile: str | None = None) -> str:
 
 def measure(model: nn.Module, profile: str | EnergyEstimator, seq_len: int) -> dict:
     """Every budget key's figure: parameters, FLOPs, the cost model's ESTIMATED latency and
-    energy of one forward pass over seq_len tokens on `profile`, and float32 size."""
+    energy of one forward pass over seq_len tokens on `profile`, and the weights' shipped
+    size."""
     report = estimate_model_energy(model, profile, seq_len=seq_len)
     params = count_params(model)
     return {"params": params, "flops": total(model_cost(model, seq_len)).flops,
             "latency_ms": report.per_query.latency_ms, "energy_uj": report.per_query.energy_uj,
-            "size_mb": params * BYTES_PER_PARAM / 1e6}
+            "size_mb": weight_bytes(model) / 1e6}
 
 
 def violations(budget: Budget, figures: dict) -> dict[str, tuple[float, float]]:
