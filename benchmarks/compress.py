@@ -1,171 +1,226 @@
-"""Compress a trained dense `small` model to 1/2, 1/4 and 1/8 of its parameters.
+"""Compress dense `small` to 1/4, 1/8 and 1/16 of its weight bytes: issue 18's table.
 
-For each ratio, rows through `qtf_edge.compress.run.compress_run` (what `qtf-edge compress`
-runs, embeddings included), scored on validation word perplexity with the estimated rpi4
-latency:
-- plain TT-SVD of the weights into balanced TT cores (the allocator of issue 5, for the
-  record), plain SVD into low-rank splits, and activation-aware (whitened) low-rank
-  truncation, the default, each before healing;
-- the default healed by distillation from the uncompressed model (--heal-steps), and, for
-  comparison, healed by next-token fine-tuning alone (distill alpha 0) for as long;
-- the honest alternative: a dense model trained from scratch at the same parameter count
-  (a smaller d_model, same depth, data, steps and seed).
+Rows at each budget (bytes are the weights as they ship: weight_bytes, which the exported
+graphs are checked against in tests/test_quant.py):
+  (a) int8 weights alone      every quantisable layer int8 (one scale per output channel)
+  (b) int4 weights alone      every quantisable layer int4 (blocks of 32)
+  (c) compress --bits 4,8     the per-layer bit-width and rank search (search.py),
+                              --embeddings, before and after --heal-steps of distillation
+  (d) trained small           of the dense models trained from scratch in --train-dir
+                              (dense-d<width>, same data, tokens, steps and seed), at float,
+                              int8 or int4, the most accurate that fits
+  (e) plain TT-SVD            balanced TT cores, greedy allocator, float (issue 5's method),
+                              for the record
+(a) and (b) are listed with their size when it is over the budget. Each row: weight MB,
+the size of its exported decode graph, word perplexity on the validation split (float32,
+--eval-tokens 0: all of it), its ratio to the input's, and the decode step's median time
+under ONNX Runtime (one thread, one token after 64 cached, CPU of the machine it runs on).
 
-Training happens first, for whatever is missing in --train-dir (the dense model and the
-smaller baselines); run that part on a GPU with --train-only, then the rest:
+The inputs come from `qtf-edge train --preset small --arch dense` (see
+benchmarks/results/compress_gpu_commands.txt); healing and scoring run on --device:
 
-    python benchmarks/compress.py --train-dir runs/compress-bench --device cuda --train-only
-    python benchmarks/compress.py --train-dir runs/compress-bench [--heal-steps 1000]
-        [--ratios 2 4 8] [--json PATH]
+    python benchmarks/compress.py --train-dir runs/bench --device cuda --fractions 8
+        [--heal-steps 1000] [--eval-tokens 0] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from qtf_edge.compress.run import CompressOptions, compress_run
-from qtf_edge.config import DENSE_SWITCHES, ModelConfig
-from qtf_edge.cost.counts import count_params
 from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import perplexity, validation_lines
+from qtf_edge.export.onnx_graphs import export_onnx
 from qtf_edge.host import describe_host
 from qtf_edge.model import QTensorFormer
-from qtf_edge.presets import preset
+from qtf_edge.quant import quantizable_layers, weight_bytes
 from qtf_edge.runs import load_run
-from qtf_edge.train import train_run
-from qtf_edge.train.budget import measure
+from qtf_edge.train.budget import BudgetError
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
-RATIOS = (2, 4, 8)
-PROFILE = "rpi4"
-# (row label, --method, --layout) before healing: issue 5's plain TT-SVD, plain low-rank
-# SVD and the default, whitened low-rank; every one with the greedy, sensitivity-weighted
-# allocator.
-TRUNCATIONS = (("plain TT-SVD, balanced TT", "plain", "balanced"),
-               ("plain SVD, low-rank", "plain", "low_rank"),
-               ("whitened, low-rank", "whitened", "low_rank"))
-# (row label, distill alpha) of the healed default.
-HEALING = (("distilled", CompressOptions.distill_alpha), ("next-token only", 0.0))
+FRACTIONS = (4, 8, 16)
+PROFILE = "cpu_xeon"
+PRECISIONS = (None, 8, 4)
+CACHED = 64  # tokens in the cache when the decode step is timed (at most context - 1)
 
 
-def baseline_width(target_params: int, model_fields: dict, vocab: int) -> int:
-    """The d_model (a multiple of the head count, d_ff = 4 d) whose dense model has the
-    parameter count closest to target_params."""
-    heads = model_fields["n_heads"]
-
-    def params(d: int) -> int:
-        fields = {**model_fields, "d_model": d, "d_ff": 4 * d, "vocab_size": vocab,
-                  **DENSE_SWITCHES}
-        return count_params(QTensorFormer(ModelConfig(**fields)))
-    return min(range(heads, model_fields["d_model"], heads),
-               key=lambda d: abs(params(d) - target_params))
+def _timing():
+    """benchmarks/export.py's ONNX Runtime timing (loaded by path: the repository's own
+    export/ folder would shadow a plain import)."""
+    spec = importlib.util.spec_from_file_location("export_bench", Path(__file__).parent / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.onnx_latency
 
 
-def train_missing(args, data: Path, valid: Path) -> dict[str, Path]:
-    """{name: run folder} of the dense model and one baseline per --ratios."""
-    model_fields, train_fields = preset("small")
-    vocab = train_fields["vocab_size"]
-    runs = {"dense": args.train_dir / "dense"}
-    full = count_params(QTensorFormer(ModelConfig(**model_fields, vocab_size=vocab).dense_baseline()))
-    for ratio in args.ratios:
-        width = baseline_width(full // ratio, model_fields, vocab)
-        runs[f"scratch-1/{ratio}"] = args.train_dir / f"dense-d{width}"
-    for name, folder in runs.items():
-        if (folder / "model.safetensors").is_file():
-            continue
-        config_file = None
-        if name != "dense":
-            d = int(folder.name.removeprefix("dense-d"))
-            config_file = args.train_dir / f"{folder.name}.yaml"
-            config_file.write_text(yaml.safe_dump({"model": {"d_model": d, "d_ff": 4 * d}}))
-        print(f"training {name} into {folder}", flush=True)
-        train_run(folder, preset_name="small", arch="dense", data=data, valid=valid,
-                  config_file=config_file, quiet=True, command="benchmarks/compress.py",
-                  train_overrides={"steps": args.steps, "device": args.device, "seed": 0})
-    return runs
+def uniform(model: QTensorFormer, bits: int | None) -> QTensorFormer:
+    """`model` with every quantisable layer at `bits` (None: itself)."""
+    if bits is None:
+        return model
+    config = dataclasses.replace(model.config,
+                                 weight_bits=dict.fromkeys(quantizable_layers(model), bits))
+    quantized = QTensorFormer(config)
+    quantized.load_state_dict(model.state_dict())
+    return quantized.eval()
+
+
+def precision(bits: int | None) -> str:
+    return "float" if bits is None else f"int{bits}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-dir", type=Path, default=REPO / "runs" / "compress-bench")
+    parser.add_argument("--train-dir", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--data-dir", type=Path, default=WIKITEXT)
-    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--heal-steps", type=int, nargs="+", default=[1000],
-                        help="healing lengths to measure (besides none)")
-    parser.add_argument("--ratios", type=int, nargs="+", default=list(RATIOS),
-                        help="compression ratios (1/N of the parameters)")
+    parser.add_argument("--fractions", type=int, nargs="+", default=list(FRACTIONS),
+                        help="budgets: 1/N of the input's weight bytes")
+    parser.add_argument("--heal-steps", type=int, default=1000)
+    parser.add_argument("--calib-tokens", type=int, default=16384)
     parser.add_argument("--eval-tokens", type=int, default=0,
                         help="validation tokens to score (0: the whole split)")
+    parser.add_argument("--repeats", type=int, default=200, help="decode steps timed per row")
+    parser.add_argument("--keep", type=Path, default=REPO / "runs" / "compress-bench",
+                        help="where the compressed runs are written")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the ONNX Runtime timing (on a GPU machine: time the rows "
+                             "later on the CPU with --latency-of)")
+    parser.add_argument("--latency-of", type=Path, metavar="JSON",
+                        help="time the rows of an earlier run's JSON (same --train-dir and "
+                             "--keep) and write it back; nothing is trained or scored")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    onnx_latency = _timing()
+
+    def model_of(spec: dict) -> QTensorFormer:
+        root = args.train_dir if spec["root"] == "train" else args.keep
+        return uniform(load_run(root / spec["run"]).model, spec["bits"])
+
+    def timed(model) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(model, Path(tmp))
+            graph_mb = (Path(tmp) / "decode.onnx").stat().st_size / 1e6
+            cached = min(CACHED, model.config.context_length - 1)
+            decode_ms = onnx_latency(Path(tmp), "", args.repeats, cached + 1)["decode_ms"]
+        return {"decode_graph_mb": graph_mb, "decode_ms": decode_ms}
+
+    if args.latency_of:
+        doc = json.loads(args.latency_of.read_text())
+        for row in doc["rows"]:
+            if "ppl_word" in row:
+                row.update(timed(model_of(row["model"])), timed_on=describe_host(1))
+        write_table(doc, args.latency_of)
+        return
     data, valid = args.data_dir / "train.txt", args.data_dir / "valid.txt"
     if not data.is_file():
         raise SystemExit(f"error: --data-dir {args.data_dir}: no train.txt (WikiText-2 expected)")
     eval_tokens = args.eval_tokens or None
-    runs = train_missing(args, data, valid)
-    if args.train_only:
-        return
-
     lines = validation_lines(valid)
-    source = load_run(runs["dense"])
+    source = load_run(args.train_dir / "dense")
     tokenizer = load_tokenizer(source.tokenizer_path)
+    full_bytes = weight_bytes(source.model)
+    scratch = {int(p.name.removeprefix("dense-d")): p.name
+               for p in args.train_dir.glob("dense-d*") if (p / "model.safetensors").is_file()}
 
-    def figures(model) -> dict:
-        return {"params": count_params(model),
-                "latency_ms": measure(model, PROFILE, model.config.context_length)["latency_ms"],
-                "ppl_word": perplexity(model, tokenizer, lines,
-                                       max_tokens=eval_tokens)["per_word"]}
+    def score(model) -> float:
+        return perplexity(model, tokenizer, lines, max_tokens=eval_tokens,
+                          device=args.device)["per_word"]
 
-    rows = [{"model": "dense (input)", **figures(source.model)}]
+    rows = []
 
-    def compress(name: str, ratio: int, out: Path, **options) -> None:
-        print(f"compressing: {name}", flush=True)
-        folder = out / name.replace("/", "_").replace(" ", "-").replace(",", "")
-        report = compress_run(runs["dense"], folder, CompressOptions(
-            budget=f"params={1 / ratio!r}x", target=PROFILE, embeddings=True, calib=str(data),
-            data=str(valid), eval_tokens=eval_tokens, device=args.device, **options))
-        ppl = report["perplexity"].get("healed", report["perplexity"]["truncated"])
-        kl = report["kl_to_source"].get("healed", report["kl_to_source"]["truncated"])
-        rows.append({"model": name, "params": report["after"]["params"],
-                     "latency_ms": report["after"]["latency_ms"], "ppl_word": ppl["per_word"],
-                     "kl_to_source": kl})
-        print(f"  ppl/word {ppl['per_word']:.1f}, KL {kl:.3f}, {report['elapsed_s']:.0f} s",
-              flush=True)
+    def add(budget: str, limit: float, row: str, spec: dict, ppl: float | None = None,
+            **extra) -> None:
+        model = model_of(spec)
+        entry = {"budget": budget, "row": row, "model": spec,
+                 "weight_mb": weight_bytes(model) / 1e6, **extra}
+        if weight_bytes(model) > limit:
+            entry["over_budget"] = True
+        else:
+            entry["ppl_word"] = score(model) if ppl is None else ppl
+            if not args.no_latency:
+                entry.update(timed(model), timed_on=describe_host(1))
+        rows.append(entry)
+        print({k: v for k, v in entry.items() if k not in ("candidates", "layers")}, flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for ratio in args.ratios:
-            for label, method, layout in TRUNCATIONS:
-                compress(f"1/{ratio} {label}", ratio, Path(tmp), method=method, layout=layout)
-            for heal in args.heal_steps:
-                for label, alpha in HEALING:
-                    compress(f"1/{ratio} whitened, low-rank + heal {heal} ({label})", ratio,
-                             Path(tmp), heal_steps=heal, distill_alpha=alpha)
-            scratch = load_run(runs[f"scratch-1/{ratio}"])
-            rows.append({"model": f"1/{ratio} dense from scratch, d={scratch.config.d_model}",
-                         **figures(scratch.model)})
+    add("-", full_bytes, "input: dense small, float", {"root": "train", "run": "dense", "bits": None})
+    for fraction in args.fractions:
+        budget, limit = f"1/{fraction}", full_bytes / fraction
+        for label, bits in (("(a) int8 weights alone", 8), ("(b) int4 weights alone", 4)):
+            add(budget, limit, label, {"root": "train", "run": "dense", "bits": bits})
+        options = CompressOptions(budget=f"size_mb={1 / fraction!r}x", target=PROFILE,
+                                  embeddings=True, bits=(4, 8), calib=str(data),
+                                  data=str(valid), calib_tokens=args.calib_tokens,
+                                  eval_tokens=eval_tokens, heal_steps=args.heal_steps,
+                                  device=args.device)
+        name = f"search-1_{fraction}"
+        report = compress_run(args.train_dir / "dense", args.keep / name, options,
+                              overwrite=True)
+        searched = {"root": "keep", "run": name, "bits": None}
+        # the healed run has the unhealed one's layers, bytes and graph: only weights differ
+        add(budget, limit, "(c) compress --bits 4,8, before healing", searched,
+            report["perplexity"]["truncated"]["per_word"], candidates=report["candidates"],
+            layers=report["layers"], elapsed_s=report["elapsed_s"])
+        if args.heal_steps:
+            add(budget, limit, f"(c) compress --bits 4,8, healed {args.heal_steps} steps",
+                searched, report["perplexity"]["healed"]["per_word"])
+        best = {}  # per precision, the widest model that fits: more width, lower perplexity
+        for width, run in scratch.items():
+            for bits in PRECISIONS:
+                spec = {"root": "train", "run": run, "bits": bits}
+                if weight_bytes(model_of(spec)) <= limit and width > best.get(bits, (0,))[0]:
+                    best[bits] = (width, spec)
+        scored = sorted((score(model_of(spec)), width, spec) for width, spec in best.values())
+        if scored:
+            ppl, width, spec = scored[0]
+            add(budget, limit, f"(d) trained small, d={width}, {precision(spec['bits'])}",
+                spec, ppl, alternatives=[{"d": w, "weights": precision(s["bits"]),
+                                          "ppl_word": p} for p, w, s in scored])
+        name = f"plain-1_{fraction}"
+        try:
+            plain = compress_run(args.train_dir / "dense", args.keep / name,
+                                 dataclasses.replace(options, bits=None, method="plain",
+                                                     layout="balanced", heal_steps=0),
+                                 overwrite=True)
+            add(budget, limit, "(e) plain TT-SVD, float", {"root": "keep", "run": name,
+                                                          "bits": None},
+                plain["perplexity"]["truncated"]["per_word"])
+        except BudgetError as error:
+            rows.append({"budget": budget, "row": "(e) plain TT-SVD, float",
+                         "unmet": str(error)})
+    scored_on = f"first {eval_tokens:,} tokens" if eval_tokens else "every token"
+    doc = {"machine": describe_host(1), "args": {k: str(v) for k, v in vars(args).items()},
+           "input_weight_mb": full_bytes / 1e6, "validation": f"{scored_on} of {valid}",
+           "rows": rows}
+    write_table(doc, args.json)
 
-    dense_ppl = rows[0]["ppl_word"]
-    scored = f"first {eval_tokens:,} tokens" if eval_tokens else "every token"
-    print(f"\nmachine: {describe_host(1)}; input {runs['dense']}; validation: {scored} of "
-          f"{valid}; latency estimated on {PROFILE}\n")
-    print("| model | params | ppl/word | vs dense | KL to dense (nats/token) | "
-          "est. rpi4 latency ms |")
-    print("|---|---|---|---|---|---|")
+
+def write_table(doc: dict, path: Path | None) -> None:
+    """Print the markdown table (ratios against the input's perplexity); write the JSON."""
+    rows = doc["rows"]
+    base = rows[0]["ppl_word"]
+    print(f"\nscored on: {doc['machine']}; input {doc['input_weight_mb']:.3f} MB of float "
+          f"weights; validation: {doc['validation']}; decode: ONNX Runtime, 1 thread, 1 token "
+          f"after {CACHED} cached, on {rows[0].get('timed_on', 'not timed')}\n")
+    print("| budget | row | weight MB | decode graph MB | ppl/word | vs input | decode ms |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        kl = f"{r['kl_to_source']:.3f}" if "kl_to_source" in r else "-"
-        print(f"| {r['model']} | {r['params']:,} | {r['ppl_word']:.1f} | "
-              f"{r['ppl_word'] / dense_ppl:.2f}x | {kl} | {r['latency_ms']:.3f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": describe_host(1), "args": {
-            k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")
+        mb = f"{r['weight_mb']:.3f}" if "weight_mb" in r else "-"
+        if "ppl_word" not in r:
+            why = "over budget" if r.get("over_budget") else "cannot be met"
+            print(f"| {r['budget']} | {r['row']} | {mb} | - | {why} | - | - |")
+            continue
+        graph = f"{r['decode_graph_mb']:.3f}" if "decode_graph_mb" in r else "-"
+        ms = f"{r['decode_ms']:.3f}" if "decode_ms" in r else "-"
+        print(f"| {r['budget']} | {r['row']} | {mb} | {graph} | {r['ppl_word']:.1f} "
+              f"| {r['ppl_word'] / base:.3f}x | {ms} |")
+    if path:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

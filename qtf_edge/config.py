@@ -82,6 +82,10 @@ class ModelConfig:
     # inputs; int8 has one scale per output channel. Written by `qtf-edge compress`.
     weight_bits: dict = field(default_factory=dict)
     weight_block: int = 32
+    # Low-rank factors (model/low_rank.py): {layer path: rank} for nn.Linear and
+    # nn.Embedding layers, each then two plain factors (which weight_bits may name, e.g.
+    # "blocks.0.ffn.up.project"). Written by `qtf-edge compress --bits`.
+    low_rank: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -219,6 +223,10 @@ def _validate(c: ModelConfig) -> None:
     _require(isinstance(c.weight_bits, dict)
              and all(isinstance(k, str) and v in BITS for k, v in c.weight_bits.items()),
              "weight_bits", f"a mapping of layer path to one of {BITS}", c.weight_bits)
+    _require(isinstance(c.low_rank, dict)
+             and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                     and v >= 1 for k, v in c.low_rank.items()),
+             "low_rank", "a mapping of layer path to a rank >= 1", c.low_rank)
     _require(is_block_size(c.weight_block), "weight_block", f"a power of two >= {MIN_BLOCK}",
              c.weight_block)
     _require(c.form in FORMS, "form", " or ".join(repr(f) for f in FORMS), c.form)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from qtf_edge.atomic import write_bytes_atomic
 from qtf_edge.data import DataError, default_corpus, read_corpus
 from qtf_edge.evaluate import evaluate_text, token_windows
@@ -50,9 +52,13 @@ def calibration_windows(tokenizer, calib: str | Path | None, n_tokens: int,
 
 
 def perplexity(model, tokenizer, lines: list[str], *, batch_size: int = 8,
-               max_tokens: int | None = None) -> dict:
-    """Perplexity per token and per word, bits per byte, tokens and routed share."""
-    result = evaluate_text(model, tokenizer, lines, batch_size=batch_size, max_tokens=max_tokens)
+               max_tokens: int | None = None, device: str | torch.device = "cpu") -> dict:
+    """Perplexity per token and per word, bits per byte, tokens and routed share, computed
+    on `device` in float32 (derived runs are compared with their source closely; the
+    model is given back on the CPU)."""
+    result = evaluate_text(model, tokenizer, lines, batch_size=batch_size, max_tokens=max_tokens,
+                           device=device, float32=True)
+    model.to("cpu")
     return {"per_token": result.perplexity.perplexity_per_token,
             "per_word": result.perplexity.perplexity_per_word,
             "bits_per_byte": result.perplexity.bits_per_byte, "tokens": result.tokens,

@@ -70,18 +70,20 @@ class TraceSummary:
     mean_tt_rank: float | None      # adaptive FFN rank used, over blocks and tokens
 
 
-def windows_loss(model, windows, *, batch_size: int, device: torch.device
-                 ) -> tuple[float, TraceSummary]:
+def windows_loss(model, windows, *, batch_size: int, device: torch.device,
+                 float32: bool = False) -> tuple[float, TraceSummary]:
     """Summed NLL (float64) of `model` over token windows (each: inputs window[:-1],
     targets window[1:]), and a token-weighted summary of its routing, entropy and rank.
 
     Windows of equal length are batched; only the last can be shorter, so nothing is
-    padded. bf16 autocast on CUDA, as in training. The model runs in eval mode and is
-    given back in the mode it had.
+    padded. bf16 autocast on CUDA, as in training, unless float32: bf16 rounds weights
+    about as coarsely as int8 does, so comparing quantised models needs float32. The
+    model runs in eval mode and is given back in the mode it had.
     """
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if torch.device(device).type == "cuda" and not float32
                 else contextlib.nullcontext())
     nll = 0.0
     sums = {"routed": 0.0, "entropy": 0.0, "rank": 0.0}
@@ -143,13 +145,13 @@ def _stream_and_counts(tokenizer, lines: list[str], max_tokens: int | None
 
 
 def evaluate_text(model, tokenizer, lines: list[str], *, batch_size: int = 8,
-                  device: str | torch.device = "cpu", max_tokens: int | None = None
-                  ) -> EvalResult:
+                  device: str | torch.device = "cpu", max_tokens: int | None = None,
+                  float32: bool = False) -> EvalResult:
     """Total loss of `model` on `lines` (see the module docstring for the windows).
 
     device: where to run; the model is moved there (and left there).
     max_tokens: evaluate only the stream's first max_tokens ids (words and bytes are
-    counted on the same text). The NLL is summed in float64 so long texts do not lose
+    counted on the same text). float32: see windows_loss. The NLL is summed in float64 so long texts do not lose
     precision. ValueError for no lines, fewer than 2 tokens, a bad batch_size or
     max_tokens, or a tokenizer larger than the model's vocabulary.
     """
@@ -167,7 +169,7 @@ def evaluate_text(model, tokenizer, lines: list[str], *, batch_size: int = 8,
 
     model.to(device)
     nll, summary = windows_loss(model, token_windows(stream, model.config.context_length),
-                                batch_size=batch_size, device=device)
+                                batch_size=batch_size, device=device, float32=float32)
     tokens = len(stream) - 1
     return EvalResult(
         perplexity=TextPerplexity(nll=nll, tokens=tokens, words=words, bytes=size),

@@ -17,7 +17,7 @@ from qtf_edge.export.onnx_weight_only import pack
 from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.model import QTensorFormer
 from qtf_edge.quant import (QuantizedEmbedding, QuantizedLinear, WeightQuant,
-                            quantizable_layers, weight_bytes)
+                            quantizable_layers, quantized_layers, weight_bytes)
 from qtf_edge.runs import load_run, save_run
 
 PROFILE = "rpi4"
@@ -123,35 +123,29 @@ def test_exported_graphs_run_from_the_codes_and_match_torch(tmp_path, bits):
 def test_compress_bits_meets_a_byte_budget_recounted_from_the_bundle(tmp_path):
     source = make_run(tmp_path / "dense", dense=True)
     before = weight_bytes(load_run(source).model)
-    report = compress_run(source, tmp_path / "int4", CompressOptions(
-        budget="size_mb=0.2x", target=PROFILE, bits=4, eval_tokens=512, calib_tokens=1024))
-    assert not any("ranks_after" in row for row in report["layers"])  # quantised, not cut
-    assert {row["bits"] for row in report["layers"]} == {4}
-    assert report["after"]["size_mb"] <= 0.2 * before / 1e6
-    export_run(tmp_path / "int4", tmp_path / "bundle", ExportOptions(target="cpu",
-                                                                     **FAST_EXPORT))
-    for graph in ("prefill", "decode", "decode_int8"):
-        assert graph_weight_bytes(tmp_path / "bundle" / f"{graph}.onnx") \
-            <= report["limits"]["size_mb"] * 1e6
-    # a tighter budget than int4 alone reaches: ranks are cut too, still within it
-    report = compress_run(source, tmp_path / "cut", CompressOptions(
-        budget="size_mb=0.15x", target=PROFILE, bits=4, eval_tokens=512, calib_tokens=1024))
-    assert any("ranks_after" in row for row in report["layers"])
-    assert report["after"]["size_mb"] <= 0.15 * before / 1e6
-    export_run(tmp_path / "cut", tmp_path / "cut-bundle", ExportOptions(target="cpu",
-                                                                        **FAST_EXPORT))
-    assert graph_weight_bytes(tmp_path / "cut-bundle" / "decode.onnx") \
-        <= report["limits"]["size_mb"] * 1e6
+    for name, budget, bits in (("int4", 0.2, (4,)), ("cut", 0.15, (4, 8))):
+        report = compress_run(source, tmp_path / name, CompressOptions(
+            budget=f"size_mb={budget}x", target=PROFILE, bits=bits, eval_tokens=512,
+            calib_tokens=1024, embeddings=True))
+        assert {row["bits"] for row in report["layers"]} <= {None, *bits}
+        assert report["after"]["size_mb"] <= budget * before / 1e6
+        export_run(tmp_path / name, tmp_path / f"{name}-bundle",
+                   ExportOptions(target="cpu", **FAST_EXPORT))
+        for graph in ("prefill", "decode", "decode_int8"):
+            assert graph_weight_bytes(tmp_path / f"{name}-bundle" / f"{graph}.onnx") \
+                <= report["limits"]["size_mb"] * 1e6
+    # below what int4 alone reaches, ranks are cut too
+    assert any(row["rank"] is not None for row in report["layers"])
 
 
 def test_healing_keeps_the_layers_quantised(tmp_path, monkeypatch):
     monkeypatch.setenv("QTF_EDGE_CACHE", str(tmp_path / "cache"))
     source = make_run(tmp_path / "dense", dense=True)
     report = compress_run(source, tmp_path / "healed", CompressOptions(
-        budget="size_mb=0.3x", target=PROFILE, bits=8, heal_steps=3, eval_tokens=512,
+        budget="size_mb=0.3x", target=PROFILE, bits=(8,), heal_steps=3, eval_tokens=512,
         calib_tokens=1024))
     healed = load_run(tmp_path / "healed").model
-    assert isinstance(healed.blocks[0].attention.qkv, QuantizedLinear)
+    assert set(quantized_layers(healed)) == set(healed.config.weight_bits) != set()
     assert weight_bytes(healed) / 1e6 == pytest.approx(report["after"]["size_mb"])
     assert "healed" in report["perplexity"]
 

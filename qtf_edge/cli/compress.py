@@ -48,11 +48,12 @@ from qtf_edge.train.budget import KEYS
 @click.option("--sensitivity/--no-sensitivity", default=None,
               help="Weigh each layer's discarded energy by the loss increase its truncation "
                    "causes on --calib (measured per layer) [default: on for greedy].")
-@click.option("--bits", type=click.Choice([str(b) for b in BITS]), default=None,
-              help="Weight-only quantisation of every layer that stays dense (linear layers, "
-                   "embeddings, head): 8 (one scale per output channel) or 4 (one per --block "
-                   "inputs). Run by ONNX Runtime's MatMulNBits / GatherBlockQuantized. When the "
-                   "quantised model fits the budget, no rank is cut.")
+@click.option("--bits", default=None, metavar="4|8|4,8",
+              help="Search each layer's weight-only precision (float or these widths: int8 "
+                   "one scale per output channel, int4 one per --block inputs) and rank "
+                   "(low-rank factors, both rounded) for a size_mb budget, by loss measured "
+                   "on --calib; all-int8 and all-int4 are always candidates. Run by ONNX "
+                   "Runtime's MatMulNBits / GatherBlockQuantized.")
 @click.option("--block", type=int, default=DEFAULT_BLOCK, show_default=True,
               help="Inputs per int4 scale: a power of two >= 16.")
 @click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
@@ -89,7 +90,7 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
       qtf-edge compress runs/small-dense --budget params=0.25x --target rpi4 --out runs/small-c4
       qtf-edge compress runs/tiny-qtf --budget latency_ms=0.2 --target rpi4 --heal-steps 100 --out runs/t
       qtf-edge compress runs/small-dense --budget params=0.25x --method plain --out runs/p
-      qtf-edge compress runs/small-dense --budget size_mb=0.25x --bits 8 --out runs/int8
+      qtf-edge compress runs/small-dense --budget size_mb=0.125x --bits 4,8 --out runs/mixed
       qtf-edge compress runs/small-dense --sweep params=200k:1M:5 --embeddings --out runs/sweep
     """
     if (budget is None) == (sweep is None):
@@ -97,7 +98,7 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
     options = CompressOptions(budget=budget or "", target=target, embeddings=embeddings,
                               allocator=allocator, method=method, layout=layout,
                               sensitivity=sensitivity,
-                              bits=None if bits is None else int(bits), block=block,
+                              bits=parse_bits(bits), block=block,
                               calib_tokens=calib_tokens,
                               heal_steps=heal_steps, heal_lr=heal_lr,
                               distill_alpha=distill_alpha,
@@ -118,8 +119,26 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
         click.echo(shown(report))
 
 
+def parse_bits(text: str | None) -> tuple[int, ...] | None:
+    """'4,8' -> (4, 8); ValueError naming --bits otherwise."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p in {str(b) for b in BITS} for p in parts):
+        raise ValueError(f"--bits {text}: expected one or more of "
+                         f"{', '.join(map(str, BITS))}, comma-separated (e.g. 4,8)")
+    return tuple(sorted({int(p) for p in parts}))
+
+
 def _ranks(ranks) -> str:
     return "dense" if ranks is None else "x".join(map(str, ranks))
+
+
+def _weights(row: dict) -> str:
+    precision = ("float" if row["bits"] is None else "int8, per output channel"
+                 if row["bits"] == 8 else
+                 f"int4, blocks of {'/'.join(map(str, row['blocks']))}")
+    return precision if row["rank"] is None else f"rank {row['rank']}, {precision}"
 
 
 def render(report: dict) -> str:
@@ -139,11 +158,15 @@ def render(report: dict) -> str:
              for r in truncated])]
     if quantized:
         lines += ["", format_table(
-            ["layer", "weights", "bytes before", "bytes after", "rel. error"],
-            [[r["layer"], f"int{r['bits']}, " + ("per output channel" if r["bits"] == 8
-                                                   else f"blocks of {r['block']}"),
-              number(r["bytes_before"]),
-              number(r["bytes_after"]), f"{r['relative_error']:.4f}"] for r in quantized])]
+            ["layer", "weights", "bytes before", "bytes after", "loss/token (calib)"],
+            [[r["layer"], _weights(r), number(r["bytes_before"]), number(r["bytes_after"]),
+              f"{r['loss_increase']:+.4f}"] for r in quantized])]
+    if report.get("candidates"):
+        lines += ["", format_table(
+            ["candidate", "MB", "loss/token predicted", "measured"],
+            [[c["candidate"], f"{c['bytes'] / 1e6:.3f}", f"{c['predicted_loss_increase']:+.4f}",
+              f"{c['measured_loss_increase']:+.4f}" if "measured_loss_increase" in c
+              else "over budget"] for c in report["candidates"]])]
     before, after, kl = report["before"], report["after"], report["kl_to_source"]
     lines += ["", format_table(
         ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word",

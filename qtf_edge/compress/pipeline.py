@@ -19,11 +19,10 @@
    un-whitened; every other weight is copied. The result's figures are measured again:
    the budget is met or BudgetError.
 
-With `bits` (weight-only quantisation, qtf_edge/quant), every layer that stays dense
-(nn.Linear, nn.Embedding) computes with its weights rounded to int8 or int4, and the
-budget's size counts their codes and scales. The model quantised as it is comes first:
-when it fits, nothing is truncated (quantisation costs far less accuracy than rank);
-otherwise the steps above run with the remaining dense layers quantised.
+With `bits` (weight-only quantisation, qtf_edge/quant), none of the above: search.py
+chooses each layer's bit-width and rank jointly for the size budget (shipped bytes), with
+every uniform precision among the candidates, so the result is never worse than
+quantisation alone.
 """
 
 from __future__ import annotations
@@ -37,16 +36,17 @@ from torch import nn
 
 from qtf_edge.compress.allocate import (Cost, greedy_allocation, params_cost, total_cost,
                                         uniform_allocation)
+from qtf_edge.compress.search import search, smallest_bytes
 from qtf_edge.compress.sensitivity import layer_sensitivity
 from qtf_edge.compress.spectra import LayerSpectrum, layer_spectrum
 from qtf_edge.compress.whitening import Whitening, layer_whitenings, truncate_into
 from qtf_edge.config import TT_LAYOUTS, ModelConfig, block_rank_limit, embedding_rank_limit
 from qtf_edge.cost.counts import count_params
 from qtf_edge.model import QTensorFormer
-from qtf_edge.quant import DEFAULT_BLOCK, quantizable_layers, quantized_layers
+from qtf_edge.quant import DEFAULT_BLOCK, quantized_layers, weight_bytes
 from qtf_edge.quant.layers import FLOAT_BYTES
-from qtf_edge.train.budget import (Budget, BudgetError, describe, measure, unmet_message,
-                                   violations)
+from qtf_edge.train.budget import (Budget, BudgetError, describe, format_limit, measure,
+                                   unmet_message, violations)
 from qtf_edge.tt import TTEmbedding, TTLinear, plan_contraction
 
 ALLOCATORS = ("greedy", "uniform")
@@ -64,6 +64,7 @@ class CompressResult:
     before: dict                    # the input model's figures (train.budget.measure)
     after: dict                     # the compressed model's
     layers: list[dict] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)   # what the --bits search built
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
@@ -127,8 +128,8 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
                    embeddings: bool = False, allocator: str = "greedy",
                    method: str = "whitened", layout: str = "low_rank",
                    calibration: list[list[int]] | None = None,
-                   sensitivity: bool = True, bits: int | None = None,
-                   block: int = DEFAULT_BLOCK) -> CompressResult:
+                   sensitivity: bool = True, bits: tuple[int, ...] | None = None,
+                   block: int = DEFAULT_BLOCK, device: str = "cpu") -> CompressResult:
     """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
     calibration: token windows, needed by method "whitened" and by sensitivity (the greedy
     allocator then weighs each layer's discarded energy by its measured loss sensitivity,
@@ -145,14 +146,10 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     seq_len = model.config.context_length
     before = measure(model, profile, seq_len)
     limits = (budget.resolve(before) if budget.relative else budget).limits()
-    if bits is not None:
-        quantized = with_weight_bits(model, model.config, bits, block)
-        after = measure(quantized, profile, seq_len)
-        if not violations(Budget(**limits), after):
-            return CompressResult(quantized, allocator, method, profile, limits, before, after,
-                                  _quantized_rows(model, quantized))
-    target = with_weight_bits(None, target_config(model.config, embeddings, layout), bits,
-                              block)
+    if bits:
+        return _searched(model, limits, before, profile, bits, block, calibration, embeddings,
+                         method, device)
+    target = QTensorFormer(target_config(model.config, embeddings, layout))
     layers = {name: m for name, m in target.named_modules() if isinstance(m, TTLinear)
               and (embeddings or not name.startswith(("token_embedding", "head")))}
     originals = {name: _source_module(model, name) for name in layers}
@@ -190,38 +187,38 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
             for name in layers]
     for row in rows if weights else ():
         row["sensitivity"] = weights[row["layer"]]
-    rows += _quantized_rows(model, target)
     return CompressResult(target, allocator, method, profile, limits, before, after, rows)
 
 
-def with_weight_bits(source: nn.Module | None, config: ModelConfig, bits: int | None,
-                     block: int) -> QTensorFormer:
-    """The model of `config` with every quantisable layer at `bits` (None: as config
-    says), holding `source`'s weights when given."""
-    model = QTensorFormer(config)
-    if bits is not None:
-        weight_bits = dict.fromkeys(quantizable_layers(model), bits)
-        model = QTensorFormer(dataclasses.replace(config, weight_bits=weight_bits,
-                                                  weight_block=block))
-    if source is not None:
-        model.load_state_dict(source.state_dict())
-    return model.eval()
-
-
-@torch.no_grad()
-def _quantized_rows(source: nn.Module, model: nn.Module) -> list[dict]:
-    """Per quantised layer: bits, block, bytes before and after, and the relative
-    Frobenius error of the rounding."""
-    rows = []
-    for name, layer in quantized_layers(model).items():
-        weight = source.get_submodule(name).weight
-        rounded = layer.quant.dequantize(layer.weight)
-        rows.append({"layer": name, "bits": layer.quant.bits, "block": layer.quant.block,
-                     "bytes_before": FLOAT_BYTES * weight.numel(),
-                     "bytes_after": layer.quant.nbytes(*layer.weight.shape),
-                     "relative_error": float(torch.linalg.norm(rounded - weight)
-                                             / torch.linalg.norm(weight))})
-    return rows
+def _searched(model, limits, before, profile, bits, block, calibration, embeddings, method,
+              device) -> CompressResult:
+    """compress_model's `bits` path: search.py for the size budget, then every budget
+    key checked on the result."""
+    if "size_mb" not in limits:
+        raise ValueError("--bits searches bit-widths and ranks for a size budget: add "
+                         "size_mb=... to --budget")
+    seq_len = model.config.context_length
+    found = search(model, limits["size_mb"] * 1e6, bits, block, calibration,
+                   embeddings=embeddings, whitened=method == "whitened", device=device)
+    if found is None:
+        smallest = smallest_bytes(model, bits, block, embeddings=embeddings) / 1e6
+        hint = "" if embeddings else "; pass --embeddings to offer the embedding ranks too"
+        raise BudgetError(f"--budget size_mb={format_limit('size_mb', limits['size_mb'])} "
+                          f"cannot be met: the smallest this search reaches is "
+                          f"{describe('size_mb', smallest, profile)} (every layer at "
+                          f"int{min(bits)}, at its lowest offered rank){hint}")
+    after = measure(found.model, profile, seq_len)
+    missed = violations(Budget(**limits), after)
+    if missed:
+        raise BudgetError(unmet_message(Budget(**limits), missed, after, profile))
+    rows = [{"layer": o.layer, "bits": o.bits, "rank": o.rank,
+             "blocks": sorted({m.quant.block for m in quantized_layers(
+                 found.model.get_submodule(o.layer)).values()}),
+             "bytes_before": weight_bytes(model.get_submodule(o.layer)),
+             "bytes_after": o.nbytes, "loss_increase": o.loss / found.tokens}
+            for o in found.chosen]
+    return CompressResult(found.model, "knapsack", method, profile, limits, before, after,
+                          rows, found.candidates)
 
 
 def _whitened(weight: torch.Tensor, whitening: Whitening | None, layer: TTLinear

@@ -25,6 +25,7 @@ from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.tokens import token_stream
 from qtf_edge.train.budget import parse_budget
 from qtf_edge.train.config import TrainConfig
+from qtf_edge.train.setup import resolve_device
 from qtf_edge.train.distillation import mean_kl
 
 REPORT_FILE = "compress_report.json"
@@ -46,8 +47,9 @@ class CompressOptions:
     # small model at 1/4 of its parameters, perplexity 1.6e8 against 2.5e4 weighted
     # (benchmarks/RESULTS.md). None: on for greedy, off for uniform.
     sensitivity: bool | None = None
-    # Weight-only quantisation of the layers that stay dense (qtf_edge/quant): 8, 4 or None.
-    bits: int | None = None
+    # Weight-only quantisation (qtf_edge/quant): the widths search.py may give each layer,
+    # e.g. (4, 8); None: rank truncation only.
+    bits: tuple[int, ...] | None = None
     block: int = DEFAULT_BLOCK         # inputs per int4 scale
     calib_tokens: int = 16384          # calibration tokens (input statistics, sensitivities)
     heal_steps: int = 0
@@ -101,25 +103,29 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
         raise ValueError("--sensitivity weighs the greedy allocator; drop --allocator uniform")
     sensitivity = options.allocator == "greedy" and options.sensitivity is not False
     windows = None
-    if sensitivity or options.method == "whitened":
+    if sensitivity or options.method == "whitened" or options.bits:
         windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
                                       run.config.context_length)
+    device = resolve_device(options.device)
     result = compress_model(run.model, budget, options.target, embeddings=options.embeddings,
                             allocator=options.allocator, method=options.method,
                             layout=options.layout, calibration=windows,
-                            sensitivity=sensitivity, bits=options.bits, block=options.block)
+                            sensitivity=sensitivity, bits=options.bits, block=options.block,
+                            device=device)
 
     def evaluate(model) -> dict:
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,
-                          max_tokens=options.eval_tokens)
+                          max_tokens=options.eval_tokens, device=device)
 
     # The first eval_tokens of the validation text, as perplexity reads them.
     held = token_windows(token_stream(tokenizer, valid)[:options.eval_tokens],
                          run.config.context_length)
 
     def kl(model) -> float:  # how far from the input model's predictions
-        return mean_kl(model.to("cpu"), run.model.to("cpu"), held,
-                       batch_size=options.batch_size)
+        value = mean_kl(model.to(device), run.model.to(device), held,
+                        batch_size=options.batch_size, device=device)
+        model.to("cpu"), run.model.to("cpu")
+        return value
 
     report = {"source": str(checkpoint), "out": str(out), "options": asdict(options),
               "budget": budget.spec(), **result.to_dict(),

@@ -8,6 +8,7 @@ replaced:
     MatMul(x, W^T)                -> MatMulNBits(x, codes, scales)
     Gather(table, ids)            -> GatherBlockQuantized(Reshape(codes), ids, scales)
     MatMul(x, Transpose(table))   -> MatMulNBits(x, codes, scales)   (a tied LM head)
+    MatMul(x, table^T)            -> MatMulNBits(x, codes, scales)   (the same, transpose folded)
 
 A tied table is stored once: the embedding's GatherBlockQuantized reads the head's
 MatMulNBits codes through a Reshape (MatMulNBits wants them as (N, blocks, block bytes),
@@ -68,9 +69,14 @@ def lower_weight_only(graph: onnx.ModelProto, model: nn.Module) -> list[dict]:
             raise ValueError(f"export: the int{layer.quant.bits} weight of layer {name} is "
                              f"not among the graph's constants")
         codes, scales = pack(weight, layer.quant.bits, layer.quant.block)
-        nodes = _QuantizedWeight(graph, name, layer.quant, weight.shape, codes, scales
-                                 ).replace_uses(source)
+        quantized = _QuantizedWeight(graph, name, layer.quant, weight.shape, codes, scales)
+        nodes = quantized.replace_uses(source)
         graph.graph.initializer.remove(inits[source])
+        # A tied head's x @ table^T, where the exporter folded the transpose into a constant
+        folded = by_value.get(_digest(weight.T)) if is_table else None
+        if folded is not None:
+            nodes += quantized.replace_uses(folded)
+            graph.graph.initializer.remove(inits[folded])
         rows.append({"layer": name, "bits": layer.quant.bits, "block": layer.quant.block,
                      "nodes": nodes, "bytes": codes.nbytes + scales.nbytes})
     if rows and not any(o.domain == DOMAIN for o in graph.opset_import):

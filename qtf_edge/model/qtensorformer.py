@@ -17,6 +17,7 @@ from qtf_edge.config import ModelConfig, tt_modes
 from qtf_edge.model.block import Block, TokenTrace
 from qtf_edge.model.encoder import QuantumTokenEncoder
 from qtf_edge.model.kv_cache import KVCache
+from qtf_edge.model.low_rank import LowRankEmbedding, factorize_layers
 from qtf_edge.model.qksam import QuantumKernelAttention
 from qtf_edge.quant import QuantizedEmbedding, quantize_layers
 from qtf_edge.tt import TTEmbedding, TTLinear
@@ -49,6 +50,7 @@ class QTensorFormer(nn.Module):
                                   in_modes=in_modes, out_modes=out_modes)
                          if config.tt_embeddings else
                          nn.Linear(config.d_model, config.vocab_size, bias=False))
+        factorize_layers(self, config.low_rank)
         self.apply(self._init_weights)
         quantize_layers(self, config.weight_bits, config.weight_block)
 
@@ -87,7 +89,7 @@ class QTensorFormer(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
             return self.head(x)
-        if isinstance(self.token_embedding, (TTEmbedding, QuantizedEmbedding)):
+        if isinstance(self.token_embedding, (TTEmbedding, QuantizedEmbedding, LowRankEmbedding)):
             return self.token_embedding.attend(x)
         return F.linear(x, self.token_embedding.weight)
 

@@ -11,7 +11,8 @@ A weight W (out N, in K) is cut along K into blocks; each block keeps one float3
 so the largest entry is exact (code -2**(bits-1)) and rounding again gives the same codes:
 a model trained or healed on these weights exports to the same integers. int4 uses blocks of
 `block` inputs (32 by default, as llama.cpp's Q4 and ONNX Runtime's examples); int8 uses
-one block per output channel (the whole row, padded to a power of two, MatMulNBits's rule).
+one block per output channel (the whole row, padded to a power of two, MatMulNBits's rule);
+rows that are not a power of two may take smaller blocks (block_size).
 
 torch does the rounding here, not ONNX Runtime's kernels, because training needs it on any
 device and with a gradient (straight-through: the forward rounds, the backward passes the
@@ -37,11 +38,17 @@ def is_block_size(block) -> bool:
 
 
 def block_size(bits: int, block: int, in_features: int) -> int:
-    """The block a layer of `in_features` inputs uses: `block` for int4, the whole row
-    (rounded up to a power of two) for int8's per-channel scales."""
-    if bits == 8:
-        return max(MIN_BLOCK, 1 << (in_features - 1).bit_length())
-    return block
+    """The block a layer of `in_features` inputs uses. int8: one scale per output channel
+    (the row, rounded up to a power of two, MatMulNBits's rule); int4: `block`. Either
+    way, a smaller power of two where it stores the row in fewer bytes: padding costs more
+    than scales when the row is not a power of two (a row of 96: three int8 blocks of 32,
+    108 bytes, not one of 128, 132; a rank-48 factor: three int4 blocks of 16, not two of
+    32 that are a quarter padding)."""
+    row = max(MIN_BLOCK, 1 << (in_features - 1).bit_length())
+    largest = row if bits == 8 else min(block, row)
+    sizes = [MIN_BLOCK << k for k in range((largest // MIN_BLOCK).bit_length())]
+    return min(sizes, key=lambda size: (math.ceil(in_features / size)
+                                        * (size * bits // 8 + SCALE_BYTES), -size))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qtf_edge.module_paths import replace_module
 from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MIN_BLOCK, WeightQuant, block_size
 
 FLOAT_BYTES = 4
@@ -72,7 +73,8 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZED)}
 
 
-def _quantized(module: nn.Module, bits: int, block: int) -> nn.Module:
+def quantized(module: nn.Module, bits: int, block: int) -> nn.Module:
+    """The quantised form of an nn.Linear / nn.Embedding, sharing its parameters."""
     if isinstance(module, nn.Linear):
         new = QuantizedLinear(module.in_features, module.out_features,
                               module.bias is not None, bits=bits, block=block)
@@ -81,11 +83,6 @@ def _quantized(module: nn.Module, bits: int, block: int) -> nn.Module:
                                  block=block)
     new.weight, new.bias = module.weight, getattr(module, "bias", None)
     return new
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def quantize_layers(model: nn.Module, bits: dict[str, int], block: int = DEFAULT_BLOCK
@@ -98,7 +95,7 @@ def quantize_layers(model: nn.Module, bits: dict[str, int], block: int = DEFAULT
             raise ValueError(f"config field 'weight_bits' names {name!r}, which is not a "
                              f"quantisable layer of this model (expected one of: "
                              f"{', '.join(allowed)})")
-        _replace(model, name, _quantized(model.get_submodule(name), layer_bits, block))
+        replace_module(model, name, quantized(model.get_submodule(name), layer_bits, block))
     return model
 
 
@@ -114,7 +111,7 @@ def dequantized_copy(model: nn.Module) -> nn.Module:
         plain.weight = nn.Parameter(layer.quant.dequantize(layer.weight))
         if getattr(layer, "bias", None) is not None:
             plain.bias = layer.bias
-        _replace(copied, name, plain)
+        replace_module(copied, name, plain)
     return copied
 
 
