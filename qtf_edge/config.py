@@ -16,7 +16,8 @@ FORMS = ("simulated", "deploy")
 # (TT ranks, qubits, ...) are not validated, so a dense model of any width is valid.
 DENSE_SWITCHES = dict(use_tt=False, tt_embeddings=False, adaptive_rank=False,
                       use_quantum_encoder=False, use_qksam=False, use_router=False,
-                      use_qkan=False, form="simulated")
+                      use_qkan=False, form="simulated", low_rank={}, weight_bits={},
+                      weight_blocks={})
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class ModelConfig:
     # inputs; int8 has one scale per output channel. Written by `qtf-edge compress`.
     weight_bits: dict = field(default_factory=dict)
     weight_block: int = 32
+    # Per-layer int4 blocks where they differ from weight_block ({layer path: block}):
+    # compress --bits gives a layer longer blocks when their fewer scales are worth it.
+    weight_blocks: dict = field(default_factory=dict)
     # Low-rank factors (model/low_rank.py): {layer path: rank} for nn.Linear and
     # nn.Embedding layers, each then two plain factors (which weight_bits may name, e.g.
     # "blocks.0.ffn.up.project"). Written by `qtf-edge compress --bits`.
@@ -229,6 +233,11 @@ def _validate(c: ModelConfig) -> None:
              "low_rank", "a mapping of layer path to a rank >= 1", c.low_rank)
     _require(is_block_size(c.weight_block), "weight_block", f"a power of two >= {MIN_BLOCK}",
              c.weight_block)
+    _require(isinstance(c.weight_blocks, dict)
+             and all(c.weight_bits.get(k) == 4 and is_block_size(v)
+                     for k, v in c.weight_blocks.items()),
+             "weight_blocks", f"a mapping of int4 layer paths (in weight_bits) to a power of "
+             f"two >= {MIN_BLOCK}", c.weight_blocks)
     _require(c.form in FORMS, "form", " or ".join(repr(f) for f in FORMS), c.form)
     if c.form == "deploy" and c.use_qkan:
         from qtf_edge.kan.bspline import GRID_SIZE_RANGE, ORDER_RANGE  # local: config must import fast

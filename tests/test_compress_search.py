@@ -35,7 +35,7 @@ def perturbed(model: QTensorFormer, seed: int = 0) -> QTensorFormer:
 def test_knapsack_is_exact_against_brute_force():
     rng = random.Random(0)
     for _ in range(30):
-        options = {f"l{i}": [Option(f"l{i}", None, None, rng.randint(10, 400),
+        options = {f"l{i}": [Option(f"l{i}", None, None, None, rng.randint(10, 400),
                                     rng.uniform(0, 5)) for _ in range(rng.randint(1, 4))]
                    for i in range(4)}
         capacity = rng.uniform(100, 1200)
@@ -93,6 +93,12 @@ def test_low_rank_config_builds_factors_that_load_and_refuses_other_paths(tmp_pa
         QTensorFormer(dataclasses.replace(config, low_rank={"blocks.0.ln_1": 4}))
     with pytest.raises(ValueError, match="low_rank"):
         dataclasses.replace(config, low_rank={"head": 0})
+    longer = QTensorFormer(dataclasses.replace(
+        config, weight_bits={"blocks.0.ffn.down": 4}, weight_blocks={"blocks.0.ffn.down": 64}))
+    assert longer.blocks[0].ffn.down.quant.block == 64  # d_ff = 64 inputs: one block a row
+    with pytest.raises(ValueError, match="weight_blocks"):
+        dataclasses.replace(config, weight_bits={"blocks.0.ffn.down": 8},
+                            weight_blocks={"blocks.0.ffn.down": 64})
 
 
 def calibration(n: int = 8, length: int = 33, seed: int = 0) -> list[list[int]]:
@@ -143,3 +149,16 @@ def test_bad_bits_and_budgets_are_one_line(tmp_path):
         assert_one_line_error(invoke("compress", source, "--out", tmp_path / "o", *flags),
                               *words)
         assert not (tmp_path / "o").exists()
+
+
+def test_cli_prints_the_search_and_info_reads_the_result(tmp_path):
+    source = make_run(tmp_path / "dense", dense=True)
+    result = invoke("compress", source, "--out", tmp_path / "mixed", "--budget",
+                    "size_mb=0.18x", "--bits", "4,8", "--embeddings", "--calib-tokens", "1024")
+    assert result.exit_code == 0, result.output
+    assert "uniform int4" in result.output and "knapsack at 1 of the budget" in result.output
+    config = load_run(tmp_path / "mixed").model.config
+    info = invoke("info", tmp_path / "mixed")
+    line = next(x for x in info.output.splitlines() if x.startswith("weights"))
+    assert ("int4:" in line) == (4 in config.weight_bits.values())
+    assert ("low-rank" in line) == bool(config.low_rank)

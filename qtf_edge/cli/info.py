@@ -26,6 +26,18 @@ def _ranks_line(ranks: dict) -> str:
                      f"{', ...' if len(names) > 2 else ''})" for r, names in groups.items())
 
 
+def _weights_line(config: dict) -> str:
+    """'float' or e.g. 'int4: 9 layers, int8: 4 layers; low-rank factors: 5 layers (ranks
+    16-96)' (compress --bits)."""
+    widths = sorted(set(config["weight_bits"].values()))
+    parts = [", ".join(f"int{b}: {list(config['weight_bits'].values()).count(b)} layers"
+                       for b in widths)] if widths else ["float"]
+    if config["low_rank"]:
+        ranks = config["low_rank"].values()
+        parts.append(f"low-rank factors: {len(ranks)} layers (ranks {min(ranks)}-{max(ranks)})")
+    return "; ".join(parts)
+
+
 def format_info(info: dict) -> str:
     config, lineage, flops = info["config"], info["lineage"], info["flops"]
     on = [s for s in SWITCHES if config[s]]
@@ -37,6 +49,7 @@ def format_info(info: dict) -> str:
         "config       " + ", ".join(f"{k}={config[k]}" for k in CONFIG_SHOWN),
         "switches on  " + (", ".join(on) if on else "none (dense baseline)"),
         "TT ranks     " + (_ranks_line(info["tt_ranks"]) or "-"),
+        "weights      " + _weights_line(config),
         "",
         format_table(["part", "parameters"],
                      [[part, number(n)] for part, n in info["params"].items()]),

@@ -6,6 +6,8 @@ and nn.Embedding) gets a list of options, each with its exact shipped bytes:
     float | int8 | int4            the matrix as it is, rounded or not
     rank r, int8 | int4            low-rank factors (model/low_rank.py), both rounded
 
+int4 in blocks of --block and of two and four times that (a scale per 32 weights costs
+a bit a weight; a longer block saves most of it for a coarser rounding),
 at ranks r on a grid of RANK_STEP below the break-even rank in*out/(in+out) (a pair of
 float factors is never offered: at four bytes a weight it only beats an int8 matrix at
 ranks too small to be useful). Factors come from the whitened SVD (whitening.py, SVD-LLM):
@@ -49,6 +51,7 @@ from qtf_edge.quant import quantizable_layers, quantized_layers, weight_bytes
 from qtf_edge.quant.layers import quantized
 
 RANK_STEP = 16            # ranks offered: multiples of this (an int4 block of the factors)
+INT4_BLOCKS = (1, 2, 4)   # int4 blocks offered: --block times these (fewer scales, coarser)
 BYTE_UNITS = 4000         # resolution of the knapsack's byte axis
 TIGHTER = (1.0, 0.97, 0.94)  # knapsack budgets tried, as fractions of the real one
 EMBEDDING = "token_embedding"
@@ -60,13 +63,9 @@ class Option:
     layer: str
     bits: int | None        # None: float
     rank: int | None        # None: the full matrix
+    block: int | None       # int4's block (capped at each matrix's row); None otherwise
     nbytes: int
     loss: float = 0.0       # calibration loss increase with only this layer changed
-
-    @property
-    def label(self) -> str:
-        precision = "float" if self.bits is None else f"int{self.bits}"
-        return precision if self.rank is None else f"rank {self.rank}, {precision}"
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def _option_module(option: Option, source: nn.Module, factors: dict[str, _Factor
     module = source.get_submodule(option.layer)
     if option.rank is not None:
         module = factors[option.layer].module_at(option.rank)
-    return _rounded(module, option.bits, block)
+    return _rounded(module, option.bits, option.block or block)
 
 
 @dataclass
@@ -213,7 +212,7 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
                            .to(device))
             options[name].append(dataclasses.replace(option, loss=loss_of(source) - base))
             replace_module(source, name, original)
-    plans = {f"uniform int{b}": {n: _uniform(options[n], b) for n in space.layers}
+    plans = {f"uniform int{b}": {n: _uniform(options[n], b, block) for n in space.layers}
              for b in bits}
     for fraction in TIGHTER:
         plan = knapsack(options, (byte_limit - space.fixed) * fraction)
@@ -254,18 +253,27 @@ def _whitenings(source, names, calibration, batch_size) -> dict[str, Whitening]:
 
 def _layer_options(name: str, module: nn.Module, bits: tuple[int, ...], factorable: bool,
                    block: int) -> list[Option]:
-    options = [Option(name, b, None, weight_bytes(_rounded(module, b, block)))
-               for b in (None, *bits)]
+    """Every distinct option of one layer, with its bytes (not yet its loss)."""
+    shapes = [(None, module)]
     if factorable:
-        for rank in offered_ranks(module):
-            shape = factored(module, rank)
-            options += [Option(name, b, rank, weight_bytes(_rounded(shape, b, block)))
-                        for b in bits]
+        shapes += [(rank, factored(module, rank)) for rank in offered_ranks(module)]
+    options, seen = [], set()
+    for rank, shape in shapes:
+        for width in ((None,) if rank is None else ()) + tuple(bits):
+            for size in [block * k for k in INT4_BLOCKS] if width == 4 else [block]:
+                rounded = _rounded(shape, width, size)
+                key = (rank, width, tuple(m.quant.block
+                                          for m in quantized_layers(rounded).values()))
+                if key not in seen:  # blocks longer than a row are that row: one option
+                    seen.add(key)
+                    options.append(Option(name, width, rank, size if width == 4 else None,
+                                          weight_bytes(rounded)))
     return options
 
 
-def _uniform(options: list[Option], bits: int) -> Option:
-    return next(o for o in options if o.bits == bits and o.rank is None)
+def _uniform(options: list[Option], bits: int, block: int) -> Option:
+    return next(o for o in options if o.bits == bits and o.rank is None
+                and o.block in (None, block))
 
 
 def knapsack(options: dict[str, list[Option]], capacity: float) -> dict[str, Option] | None:
@@ -302,9 +310,9 @@ def knapsack(options: dict[str, list[Option]], capacity: float) -> dict[str, Opt
 
 def build(source: QTensorFormer, plan: dict[str, Option], factors: dict[str, _Factors],
           block: int) -> QTensorFormer:
-    """The model of `plan` as a config (low_rank, weight_bits) and its weights: loadable
-    from a run folder like any other."""
-    low_rank, weight_bits = {}, {}
+    """The model of `plan` as a config (low_rank, weight_bits, weight_blocks) and its
+    weights: loadable from a run folder like any other."""
+    low_rank, weight_bits, weight_blocks = {}, {}, {}
     state = {k: v for k, v in source.state_dict().items()
              if not any(k.startswith(f"{name}.") for name in plan)}
     for name, option in plan.items():
@@ -312,11 +320,12 @@ def build(source: QTensorFormer, plan: dict[str, Option], factors: dict[str, _Fa
         state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
         if option.rank is not None:
             low_rank[name] = option.rank
-        if option.bits is not None:
-            weight_bits.update({(f"{name}.{child}" if child else name): option.bits
-                                for child in quantized_layers(module)})
+        paths = [f"{name}.{child}" if child else name for child in quantized_layers(module)]
+        weight_bits.update(dict.fromkeys(paths, option.bits) if option.bits else {})
+        if option.block not in (None, block):
+            weight_blocks.update(dict.fromkeys(paths, option.block))
     config = dataclasses.replace(source.config, low_rank=low_rank, weight_bits=weight_bits,
-                                 weight_block=block)
+                                 weight_block=block, weight_blocks=weight_blocks)
     model = QTensorFormer(config)
     model.load_state_dict(state)
     return model.eval()

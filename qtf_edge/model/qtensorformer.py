@@ -52,7 +52,7 @@ class QTensorFormer(nn.Module):
                          nn.Linear(config.d_model, config.vocab_size, bias=False))
         factorize_layers(self, config.low_rank)
         self.apply(self._init_weights)
-        quantize_layers(self, config.weight_bits, config.weight_block)
+        quantize_layers(self, config.weight_bits, config.weight_block, config.weight_blocks)
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 initialisation, N(0, 0.02) entries, for dense and TT weights alike, so that

@@ -85,17 +85,20 @@ def quantized(module: nn.Module, bits: int, block: int) -> nn.Module:
     return new
 
 
-def quantize_layers(model: nn.Module, bits: dict[str, int], block: int = DEFAULT_BLOCK
-                    ) -> nn.Module:
-    """Swap the named layers for their quantised forms (in place; returns the model).
-    ValueError naming a path that is not one of quantizable_layers(model)."""
+def quantize_layers(model: nn.Module, bits: dict[str, int], block: int = DEFAULT_BLOCK,
+                    blocks: dict[str, int] | None = None) -> nn.Module:
+    """Swap the named layers for their quantised forms (in place; returns the model), int4
+    in blocks of `block` inputs or, per layer, `blocks`'. ValueError naming a path that is
+    not one of quantizable_layers(model)."""
+    blocks = blocks or {}
     allowed = quantizable_layers(model)
     for name, layer_bits in bits.items():
         if name not in allowed:
             raise ValueError(f"config field 'weight_bits' names {name!r}, which is not a "
                              f"quantisable layer of this model (expected one of: "
                              f"{', '.join(allowed)})")
-        replace_module(model, name, quantized(model.get_submodule(name), layer_bits, block))
+        replace_module(model, name, quantized(model.get_submodule(name), layer_bits,
+                                              blocks.get(name, block)))
     return model
 
 
