@@ -72,13 +72,17 @@ def frontier_of_run(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]
     return points, non_dominated(points)
 
 
+SIZE_AXIS = ("params", "parameters")
+
+
 def plot_png(points: list[dict], frontier: list[dict], title: str, label_key: str = "step",
-             points_label: str = "evaluations") -> bytes:
-    """Perplexity per word against parameters and against estimated energy, frontier
-    highlighted, each frontier point annotated with its label_key; PNG bytes
-    (matplotlib's Agg backend, no display needed)."""
+             points_label: str = "evaluations", size_axis: tuple[str, str] = SIZE_AXIS
+             ) -> bytes:
+    """Perplexity per word against size (parameters, or size_axis's key and label) and
+    against estimated energy, frontier highlighted, each frontier point annotated with its
+    label_key; PNG bytes (matplotlib's Agg backend, no display needed)."""
     figure = new_figure(10, 4)
-    for axes, key, label in ((figure.add_subplot(1, 2, 1), "params", "parameters"),
+    for axes, key, label in ((figure.add_subplot(1, 2, 1), *size_axis),
                              (figure.add_subplot(1, 2, 2), "energy_uj",
                               "energy per query, uJ (estimated)")):
         axes.scatter([p[key] for p in points], [p["val_perplexity_per_word"] for p in points],

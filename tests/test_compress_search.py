@@ -2,6 +2,7 @@
 is never worse than quantisation alone and whose factored int4 graphs run natively."""
 
 import dataclasses
+import json
 import itertools
 import random
 
@@ -162,3 +163,16 @@ def test_cli_prints_the_search_and_info_reads_the_result(tmp_path):
     line = next(x for x in info.output.splitlines() if x.startswith("weights"))
     assert ("int4:" in line) == (4 in config.weight_bits.values())
     assert ("low-rank" in line) == bool(config.low_rank)
+
+
+def test_a_size_sweep_searches_each_budget_and_plots_shipped_megabytes(tmp_path):
+    source = make_run(tmp_path / "dense", dense=True)
+    result = invoke("compress", source, "--sweep", "size_mb=0.16x:0.3x:2", "--bits", "4,8",
+                    "--embeddings", "--calib-tokens", "1024", "--out", tmp_path / "sweep")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    full = weight_bytes(load_run(source).model) / 1e6
+    for point, fraction in zip(doc["points"], (0.16, 0.3)):
+        assert point["size_mb"] <= fraction * full
+    assert doc["frontier"] and "size MB" in result.output
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"

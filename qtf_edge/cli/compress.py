@@ -184,10 +184,11 @@ def render(report: dict) -> str:
 
 def render_sweep(doc: dict) -> str:
     frontier = {p["budget"] for p in doc["frontier"]}
-    rows = [[p["budget"], "-", "-", "-", "-", "unmet: " + p["unmet"].split(": ", 1)[-1]]
+    rows = [[p["budget"], "-", "-", "-", "-", "-", "unmet: " + p["unmet"].split(": ", 1)[-1]]
             if "unmet" in p else
-            [p["budget"], number(p["params"]), number(p["latency_ms"]), number(p["energy_uj"]),
-             number(p["val_perplexity_per_word"]), "frontier" if p["budget"] in frontier else ""]
+            [p["budget"], number(p["params"]), f"{p['size_mb']:.3f}", number(p["latency_ms"]),
+             number(p["energy_uj"]), number(p["val_perplexity_per_word"]),
+             "frontier" if p["budget"] in frontier else ""]
             for p in doc["points"]]
-    return format_table(["budget", "params", "latency ms (est.)", "energy uJ (est.)",
+    return format_table(["budget", "params", "size MB", "latency ms (est.)", "energy uJ (est.)",
                          "ppl/word", ""], rows)

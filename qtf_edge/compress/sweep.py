@@ -4,8 +4,8 @@
 
 writes DIR/<key>=<value>/ (a run folder per feasible point, with its compress report),
 DIR/sweep.json (every point: budget, figures, perplexity per word, or why it could not be
-met) and DIR/sweep.png (perplexity against parameters and estimated energy, frontier
-highlighted), so a user can pick a point and export that run.
+met) and DIR/sweep.png (perplexity against parameters, or shipped MB for a size_mb sweep, and
+estimated energy, frontier highlighted), so a user can pick a point and export that run.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 
 from qtf_edge.atomic import write_bytes_atomic, write_json_atomic
 from qtf_edge.compress.run import CompressOptions, compress_run
-from qtf_edge.pareto import non_dominated, plot_png
+from qtf_edge.pareto import SIZE_AXIS, non_dominated, plot_png
 from qtf_edge.train.budget import KEYS, BudgetError, parse_budget
 
 SWEEP_JSON, SWEEP_PNG = "sweep.json", "sweep.png"
-OBJECTIVES = ("val_perplexity_per_word", "params", "latency_ms", "energy_uj")
+OBJECTIVES = ("val_perplexity_per_word", "params", "size_mb", "latency_ms", "energy_uj")
 _SPEC = re.compile(r"(\w+)=([^:]+):([^:]+):(\d+)")
 
 
@@ -77,5 +77,6 @@ def compress_sweep(checkpoint, out, sweep: str, options: CompressOptions, *,
     write_json_atomic(out / SWEEP_JSON, doc)
     write_bytes_atomic(out / SWEEP_PNG, plot_png(
         met, frontier, f"{Path(checkpoint).name} compressed: perplexity vs cost (estimated on "
-                       f"{options.target})", label_key="budget", points_label="compressed runs"))
+                       f"{options.target})", label_key="budget", points_label="compressed runs",
+        size_axis=("size_mb", "MB of weights as shipped") if key == "size_mb" else SIZE_AXIS))
     return doc
