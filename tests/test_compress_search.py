@@ -63,7 +63,7 @@ def test_factors_at_full_rank_are_the_layer_and_whitening_cuts_output_error():
     gram = (inputs.T @ inputs).double() / len(inputs)
     whitening = Whitening((torch.linalg.cholesky(gram + 1e-6 * torch.eye(48)), None),
                           (None, None))
-    whitened, plain = _Factors("l", layer, whitening), _Factors("l", layer, None)
+    whitened, plain = _Factors(layer, whitening), _Factors(layer, None)
     with torch.no_grad():
         full = whitened.module_at(40)
         assert isinstance(full, LowRankLinear)

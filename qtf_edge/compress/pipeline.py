@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -129,7 +130,8 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
                    method: str = "whitened", layout: str = "low_rank",
                    calibration: list[list[int]] | None = None,
                    sensitivity: bool = True, bits: tuple[int, ...] | None = None,
-                   block: int = DEFAULT_BLOCK, device: str = "cpu") -> CompressResult:
+                   block: int = DEFAULT_BLOCK, device: str = "cpu",
+                   progress: Callable[[str], None] = lambda line: None) -> CompressResult:
     """Compress `model` (not changed) to fit `budget` on `profile`; see the module docstring.
     calibration: token windows, needed by method "whitened" and by sensitivity (the greedy
     allocator then weighs each layer's discarded energy by its measured loss sensitivity,
@@ -148,7 +150,7 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
     limits = (budget.resolve(before) if budget.relative else budget).limits()
     if bits:
         return _searched(model, limits, before, profile, bits, block, calibration, embeddings,
-                         method, device)
+                         method, device, progress)
     target = QTensorFormer(target_config(model.config, embeddings, layout))
     layers = {name: m for name, m in target.named_modules() if isinstance(m, TTLinear)
               and (embeddings or not name.startswith(("token_embedding", "head")))}
@@ -191,7 +193,7 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
 
 
 def _searched(model, limits, before, profile, bits, block, calibration, embeddings, method,
-              device) -> CompressResult:
+              device, progress) -> CompressResult:
     """compress_model's `bits` path: search.py for the size budget, then every budget
     key checked on the result."""
     if "size_mb" not in limits:
@@ -199,7 +201,8 @@ def _searched(model, limits, before, profile, bits, block, calibration, embeddin
                          "size_mb=... to --budget")
     seq_len = model.config.context_length
     found = search(model, limits["size_mb"] * 1e6, bits, block, calibration,
-                   embeddings=embeddings, whitened=method == "whitened", device=device)
+                   embeddings=embeddings, whitened=method == "whitened", device=device,
+                   progress=progress)
     if found is None:
         smallest = smallest_bytes(model, bits, block, embeddings=embeddings) / 1e6
         hint = "" if embeddings else "; pass --embeddings to offer the embedding ranks too"

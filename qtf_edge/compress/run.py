@@ -10,6 +10,7 @@ measures again, then writes the run and compress_report.json.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
                             allocator=options.allocator, method=options.method,
                             layout=options.layout, calibration=windows,
                             sensitivity=sensitivity, bits=options.bits, block=options.block,
-                            device=device)
+                            device=device, progress=(lambda line: None) if quiet else
+                            (lambda line: print(line, file=sys.stderr, flush=True)))
 
     def evaluate(model) -> dict:
         return perplexity(model, tokenizer, valid, batch_size=options.batch_size,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +78,8 @@ class _Modes:  # what whitening.layer_whitenings reads of a layer: a two-core lo
 class _Factors:
     """Whitened SVD factors of one layer, computed once, cut to any rank."""
 
-    def __init__(self, name: str, module: nn.Module, whitening: Whitening | None):
-        self.name, self.module = name, module
+    def __init__(self, module: nn.Module, whitening: Whitening | None):
+        self.module = module
         weight = _matrix(module).double()  # (in, out)
         rows, cols = weight.shape
         self.whitening = whitening
@@ -181,19 +182,20 @@ def smallest_bytes(model: QTensorFormer, bits, block: int, *, embeddings: bool) 
 
 def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block: int,
            calibration: list[list[int]], *, embeddings: bool = False, whitened: bool = True,
-           batch_size: int = 8, device: str | torch.device = "cpu") -> SearchResult | None:
+           batch_size: int = 8, device: str | torch.device = "cpu",
+           progress: Callable[[str], None] = lambda line: None) -> SearchResult | None:
     """The most accurate model of `model` (not changed) whose weights ship within
     `byte_limit` bytes, per the module docstring; None when no candidate fits (before
     anything is measured). embeddings: offer ranks for the token embedding and an untied
     head too; whitened False: plain SVD factors (compress --method plain). The losses are
-    measured on `device`; the result is on the CPU."""
+    measured on `device`; the result is on the CPU. progress: a line per layer measured."""
     source = copy.deepcopy(model).to(device).eval()
     space = _space(source, bits, block, embeddings)
     if space.smallest > byte_limit:
         return None
     whitenings = (_whitenings(source, space.factorable, calibration, batch_size) if whitened
                   else dict.fromkeys(space.factorable))
-    factors = {name: _Factors(name, source.get_submodule(name), whitenings[name])
+    factors = {name: _Factors(source.get_submodule(name), whitenings[name])
                for name in space.factorable}
     tokens = _tokens(calibration)
 
@@ -204,7 +206,9 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
 
     base = loss_of(source)
     options = {}
-    for name in space.layers:
+    for number, name in enumerate(space.layers, 1):
+        progress(f"search: layer {number}/{len(space.layers)} {name}, "
+                 f"{len(space.options[name])} options")
         original = source.get_submodule(name)
         options[name] = []
         for option in space.options[name]:
@@ -226,7 +230,7 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
         candidates.append(row)
         if not row["fits"]:
             continue
-        key = tuple((o.layer, o.bits, o.rank) for o in plan.values())
+        key = tuple((o.layer, o.bits, o.rank, o.block) for o in plan.values())
         if key not in built:
             candidate = build(source, plan, factors, block).to(device)
             built[key] = (candidate, loss_of(candidate))
@@ -234,6 +238,8 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
         row["measured_loss_increase"] = (loss - base) / tokens
         if best is None or loss < best[1]:
             best = (candidate, loss, list(plan.values()))
+    if best is None:  # only a budget within the knapsack's byte grid of the smallest
+        return None
     return SearchResult(best[0].to("cpu").eval(), best[2], candidates, tokens)
 
 
