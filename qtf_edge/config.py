@@ -222,7 +222,7 @@ def _validate(c: ModelConfig) -> None:
                  "router_temperature", "a number > 0", c.router_temperature)
     if c.use_qkan:
         _int_in(c, "daruan_reps", 1, 8)
-    from qtf_edge.quant.blockwise import BITS, MIN_BLOCK, is_block_size  # local: config must import fast
+    from qtf_edge.quant.blockwise import BITS, MAX_BLOCK, MIN_BLOCK, is_block_size  # local: config must import fast
 
     _require(isinstance(c.weight_bits, dict)
              and all(isinstance(k, str) and v in BITS for k, v in c.weight_bits.items()),
@@ -231,13 +231,13 @@ def _validate(c: ModelConfig) -> None:
              and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                      and v >= 1 for k, v in c.low_rank.items()),
              "low_rank", "a mapping of layer path to a rank >= 1", c.low_rank)
-    _require(is_block_size(c.weight_block), "weight_block", f"a power of two >= {MIN_BLOCK}",
-             c.weight_block)
+    blocks = f"a power of two in [{MIN_BLOCK}, {MAX_BLOCK}]"
+    _require(is_block_size(c.weight_block), "weight_block", blocks, c.weight_block)
     _require(isinstance(c.weight_blocks, dict)
              and all(c.weight_bits.get(k) == 4 and is_block_size(v)
                      for k, v in c.weight_blocks.items()),
-             "weight_blocks", f"a mapping of int4 layer paths (in weight_bits) to a power of "
-             f"two >= {MIN_BLOCK}", c.weight_blocks)
+             "weight_blocks", f"a mapping of int4 layer paths (in weight_bits) to {blocks}",
+             c.weight_blocks)
     _require(c.form in FORMS, "form", " or ".join(repr(f) for f in FORMS), c.form)
     if c.form == "deploy" and c.use_qkan:
         from qtf_edge.kan.bspline import GRID_SIZE_RANGE, ORDER_RANGE  # local: config must import fast

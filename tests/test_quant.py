@@ -18,6 +18,7 @@ from qtf_edge.export.pipeline import ExportOptions, export_run
 from qtf_edge.model import QTensorFormer
 from qtf_edge.quant import (QuantizedEmbedding, QuantizedLinear, WeightQuant,
                             quantizable_layers, quantized_layers, weight_bytes)
+from qtf_edge.quant.blockwise import block_size
 from qtf_edge.runs import load_run, save_run
 
 PROFILE = "rpi4"
@@ -43,6 +44,16 @@ def test_codes_and_scales_are_onnx_runtimes(bits, block):
     rounded = quant.dequantize(weight)
     assert torch.equal(quant.dequantize(rounded), rounded)
     assert 0 < torch.linalg.norm(rounded - weight) / torch.linalg.norm(weight) < 0.1
+
+
+def test_long_rows_take_blocks_onnx_runtime_packs():
+    # int8 is one scale per output channel only up to 256 inputs, ONNX Runtime's largest block
+    assert block_size(8, 32, 128) == 128 and block_size(8, 32, 512) == 256
+    assert block_size(8, 32, 96) == 32  # three blocks of 32 store less than one padded to 128
+    weight = torch.randn(8, 512)
+    quant = WeightQuant(8, block_size(8, 32, 512))
+    codes, _ = pack(weight.numpy(), 8, quant.block)
+    assert np.array_equal(unpack(codes, 8, 512), quant.codes(weight)[0].numpy().astype(np.int32))
 
 
 def test_rounding_passes_gradients_straight_through():

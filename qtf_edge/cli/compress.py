@@ -55,7 +55,7 @@ from qtf_edge.train.budget import KEYS
                    "on --calib; all-int8 and all-int4 are always candidates. Run by ONNX "
                    "Runtime's MatMulNBits / GatherBlockQuantized.")
 @click.option("--block", type=int, default=DEFAULT_BLOCK, show_default=True,
-              help="Inputs per int4 scale: a power of two >= 16.")
+              help="Inputs per int4 scale: a power of two from 16 to 256.")
 @click.option("--calib-tokens", type=click.IntRange(2), default=CompressOptions.calib_tokens,
               show_default=True,
               help="Calibration tokens read from --calib for the input statistics and "

@@ -21,7 +21,7 @@ from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
                               write_derived_run)
 from qtf_edge.evaluate import token_windows
-from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MIN_BLOCK, is_block_size
+from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MAX_BLOCK, MIN_BLOCK, is_block_size
 from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.tokens import token_stream
 from qtf_edge.train.budget import parse_budget
@@ -93,7 +93,8 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
     budget = parse_budget(options.budget)  # bad keys and numbers first, naming --budget
     EnergyEstimator(options.target)  # an unknown --target: ProfileError naming it
     if options.bits is not None and not is_block_size(options.block):
-        raise ValueError(f"--block {options.block}: expected a power of two >= {MIN_BLOCK}")
+        raise ValueError(f"--block {options.block}: expected a power of two in "
+                         f"[{MIN_BLOCK}, {MAX_BLOCK}]")
     TrainConfig(distill_alpha=options.distill_alpha,  # bad distillation settings, named
                 distill_temperature=options.distill_temperature)
     check_new_run_dir(out, overwrite)  # a taken --out fails before the work

@@ -49,6 +49,7 @@ from qtf_edge.model import QTensorFormer
 from qtf_edge.model.low_rank import factored
 from qtf_edge.module_paths import replace_module
 from qtf_edge.quant import quantizable_layers, quantized_layers, weight_bytes
+from qtf_edge.quant.blockwise import MAX_BLOCK
 from qtf_edge.quant.layers import quantized
 
 RANK_STEP = 16            # ranks offered: multiples of this (an int4 block of the factors)
@@ -266,7 +267,7 @@ def _layer_options(name: str, module: nn.Module, bits: tuple[int, ...], factorab
     options, seen = [], set()
     for rank, shape in shapes:
         for width in ((None,) if rank is None else ()) + tuple(bits):
-            for size in [block * k for k in INT4_BLOCKS] if width == 4 else [block]:
+            for size in [min(block * k, MAX_BLOCK) for k in INT4_BLOCKS] if width == 4 else [block]:
                 rounded = _rounded(shape, width, size)
                 key = (rank, width, tuple(m.quant.block
                                           for m in quantized_layers(rounded).values()))

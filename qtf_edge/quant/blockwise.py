@@ -11,8 +11,9 @@ A weight W (out N, in K) is cut along K into blocks; each block keeps one float3
 so the largest entry is exact (code -2**(bits-1)) and rounding again gives the same codes:
 a model trained or healed on these weights exports to the same integers. int4 uses blocks of
 `block` inputs (32 by default, as llama.cpp's Q4 and ONNX Runtime's examples); int8 uses
-one block per output channel (the whole row, padded to a power of two, MatMulNBits's rule);
-rows that are not a power of two may take smaller blocks (block_size).
+one block per output channel (the whole row, padded to a power of two, MatMulNBits's rule;
+at most 256 inputs a block, the most ONNX Runtime packs); rows that are not a power of two
+may take smaller blocks (block_size).
 
 torch does the rounding here, not ONNX Runtime's kernels, because training needs it on any
 device and with a gradient (straight-through: the forward rounds, the backward passes the
@@ -29,22 +30,24 @@ import torch
 BITS = (4, 8)
 DEFAULT_BLOCK = 32
 MIN_BLOCK = 16        # MatMulNBits and GatherBlockQuantized take blocks of >= 16, powers of 2
+MAX_BLOCK = 256       # and ONNX Runtime's quantiser (MLAS) packs blocks of at most 256
 SCALE_BYTES = 4       # float32 scales (MatMulNBits's scales have the activations' type)
 
 
 def is_block_size(block) -> bool:
-    return (isinstance(block, int) and not isinstance(block, bool) and block >= MIN_BLOCK
-            and block & (block - 1) == 0)
+    return (isinstance(block, int) and not isinstance(block, bool)
+            and MIN_BLOCK <= block <= MAX_BLOCK and block & (block - 1) == 0)
 
 
 def block_size(bits: int, block: int, in_features: int) -> int:
     """The block a layer of `in_features` inputs uses. int8: one scale per output channel
-    (the row, rounded up to a power of two, MatMulNBits's rule); int4: `block`. Either
+    (the row, rounded up to a power of two, MatMulNBits's rule; rows longer than MAX_BLOCK
+    take blocks of MAX_BLOCK, a scale per 256 weights); int4: `block`. Either
     way, a smaller power of two where it stores the row in fewer bytes: padding costs more
     than scales when the row is not a power of two (a row of 96: three int8 blocks of 32,
     108 bytes, not one of 128, 132; a rank-48 factor: three int4 blocks of 16, not two of
     32 that are a quarter padding)."""
-    row = max(MIN_BLOCK, 1 << (in_features - 1).bit_length())
+    row = min(MAX_BLOCK, max(MIN_BLOCK, 1 << (in_features - 1).bit_length()))
     largest = row if bits == 8 else min(block, row)
     sizes = [MIN_BLOCK << k for k in range((largest // MIN_BLOCK).bit_length())]
     return min(sizes, key=lambda size: (math.ceil(in_features / size)
@@ -60,7 +63,7 @@ class WeightQuant:
         if self.bits not in BITS:
             raise ValueError(f"weight bits must be one of {BITS}, got {self.bits!r}")
         if not is_block_size(self.block):
-            raise ValueError(f"block size must be a power of two >= {MIN_BLOCK}, "
+            raise ValueError(f"block size must be a power of two in [{MIN_BLOCK}, {MAX_BLOCK}], "
                              f"got {self.block!r}")
 
     @property
