@@ -53,7 +53,8 @@ CACHED = 64  # tokens in the cache when the decode step is timed (at most contex
 def _timing():
     """benchmarks/export.py's ONNX Runtime timing (loaded by path: the repository's own
     export/ folder would shadow a plain import)."""
-    spec = importlib.util.spec_from_file_location("export_bench", Path(__file__).parent / "export.py")
+    spec = importlib.util.spec_from_file_location("export_bench",
+                                                  Path(__file__).parent / "export.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.onnx_latency
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--latency-of", type=Path, metavar="JSON",
                         help="time the rows of an earlier run's JSON (same --train-dir and "
                              "--keep) and write it back; nothing is trained or scored")
+    parser.add_argument("--rows", default="abcde",
+                        help="which rows to compute (letters a-e; the input's always)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     onnx_latency = _timing()
@@ -148,25 +151,29 @@ def main() -> None:
         rows.append(entry)
         print({k: v for k, v in entry.items() if k not in ("candidates", "layers")}, flush=True)
 
-    add("-", full_bytes, "input: dense small, float", {"root": "train", "run": "dense", "bits": None})
+    add("-", full_bytes, "input: dense small, float",
+        {"root": "train", "run": "dense", "bits": None})
     for fraction in args.fractions:
         budget, limit = f"1/{fraction}", full_bytes / fraction
-        for label, bits in (("(a) int8 weights alone", 8), ("(b) int4 weights alone", 4)):
-            add(budget, limit, label, {"root": "train", "run": "dense", "bits": bits})
+        for row, label, bits in (("a", "(a) int8 weights alone", 8),
+                                 ("b", "(b) int4 weights alone", 4)):
+            if row in args.rows:
+                add(budget, limit, label, {"root": "train", "run": "dense", "bits": bits})
         options = CompressOptions(budget=f"size_mb={1 / fraction!r}x", target=PROFILE,
                                   embeddings=True, bits=(4, 8), calib=str(data),
                                   data=str(valid), calib_tokens=args.calib_tokens,
                                   eval_tokens=eval_tokens, heal_steps=args.heal_steps,
                                   device=args.device)
         name = f"search-1_{fraction}"
-        report = compress_run(args.train_dir / "dense", args.keep / name, options,
-                              overwrite=True)
+        report = None if "c" not in args.rows else compress_run(
+            args.train_dir / "dense", args.keep / name, options, overwrite=True)
         searched = {"root": "keep", "run": name, "bits": None}
         # the healed run has the unhealed one's layers, bytes and graph: only weights differ
-        add(budget, limit, "(c) compress --bits 4,8, before healing", searched,
-            report["perplexity"]["truncated"]["per_word"], candidates=report["candidates"],
-            layers=report["layers"], elapsed_s=report["elapsed_s"])
-        if args.heal_steps:
+        if report:
+            add(budget, limit, "(c) compress --bits 4,8, before healing", searched,
+                report["perplexity"]["truncated"]["per_word"], candidates=report["candidates"],
+                layers=report["layers"], elapsed_s=report["elapsed_s"])
+        if report and args.heal_steps:
             add(budget, limit, f"(c) compress --bits 4,8, healed {args.heal_steps} steps",
                 searched, report["perplexity"]["healed"]["per_word"])
         best = {}  # per precision, the widest model that fits: more width, lower perplexity
@@ -175,13 +182,16 @@ def main() -> None:
                 spec = {"root": "train", "run": run, "bits": bits}
                 if weight_bytes(model_of(spec)) <= limit and width > best.get(bits, (0,))[0]:
                     best[bits] = (width, spec)
-        scored = sorted((score(model_of(spec)), width, spec) for width, spec in best.values())
+        scored = sorted((score(model_of(spec)), width, spec) for width, spec in best.values()
+                        if "d" in args.rows)
         if scored:
             ppl, width, spec = scored[0]
             add(budget, limit, f"(d) trained small, d={width}, {precision(spec['bits'])}",
                 spec, ppl, alternatives=[{"d": w, "weights": precision(s["bits"]),
                                           "ppl_word": p} for p, w, s in scored])
         name = f"plain-1_{fraction}"
+        if "e" not in args.rows:
+            continue
         try:
             plain = compress_run(args.train_dir / "dense", args.keep / name,
                                  dataclasses.replace(options, bits=None, method="plain",
