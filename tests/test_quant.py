@@ -56,6 +56,23 @@ def test_long_rows_take_blocks_onnx_runtime_packs():
     assert np.array_equal(unpack(codes, 8, 512), quant.codes(weight)[0].numpy().astype(np.int32))
 
 
+def test_tables_whose_rows_do_not_fill_a_block_export_unpadded(tmp_path):
+    config = dataclasses.replace(tiny_config(dense=True), d_model=48, d_ff=96)
+    model = QTensorFormer(config)
+    layers = quantizable_layers(model)
+    assert "token_embedding" in layers  # 48 = 3 blocks of 16; a 40-wide table would not be
+    int4 = QTensorFormer(dataclasses.replace(config, weight_bits=dict.fromkeys(layers, 4))).eval()
+    assert int4.token_embedding.quant.block == 16 and int4.blocks[0].ffn.down.quant.block == 32
+    export_onnx(int4, tmp_path)
+    ids = torch.randint(0, VOCAB, (1, 10))
+    logits, *_ = ort.InferenceSession(tmp_path / "prefill.onnx").run(
+        None, {"input_ids": ids.numpy()})
+    with torch.no_grad():
+        assert np.abs(logits - int4(ids).numpy()).max() < 1e-4
+    narrow = QTensorFormer(dataclasses.replace(config, d_model=40, d_ff=80))
+    assert "token_embedding" not in quantizable_layers(narrow)
+
+
 def test_rounding_passes_gradients_straight_through():
     weight = torch.randn(16, 64, requires_grad=True)
     quant = WeightQuant(4, 32)

@@ -42,7 +42,7 @@ class QuantizedEmbedding(nn.Embedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int,
                  block: int = DEFAULT_BLOCK):
         super().__init__(num_embeddings, embedding_dim)
-        self.quant = WeightQuant(bits, block_size(bits, block, embedding_dim))
+        self.quant = WeightQuant(bits, table_block(bits, block, embedding_dim))
 
     def quantized_weight(self) -> torch.Tensor:
         return self.quant.fake_quantize(self.weight)
@@ -58,15 +58,28 @@ class QuantizedEmbedding(nn.Embedding):
 QUANTIZED = (QuantizedLinear, QuantizedEmbedding)
 
 
-def _inputs(module: nn.Module) -> int:
-    return module.in_features if isinstance(module, nn.Linear) else module.embedding_dim
+def table_block(bits: int, block: int, embedding_dim: int) -> int:
+    """A table's block must divide its rows: GatherBlockQuantized reads a row's length off
+    its codes, so a padded block would return padded rows. The largest power of two that
+    block_size allows and embedding_dim is a multiple of (quantizable_layers admits only
+    tables whose rows are a multiple of MIN_BLOCK)."""
+    size = block_size(bits, block, embedding_dim)
+    while embedding_dim % size:
+        size //= 2
+    return size
+
+
+def _quantizable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return module.in_features >= MIN_BLOCK
+    return isinstance(module, nn.Embedding) and module.embedding_dim % MIN_BLOCK == 0
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
-    """Paths of the layers weight-only quantisation applies to: every nn.Linear and
-    nn.Embedding with at least MIN_BLOCK inputs (the runtime's smallest block)."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Embedding)) and _inputs(m) >= MIN_BLOCK]
+    """Paths of the layers weight-only quantisation applies to: every nn.Linear with at
+    least MIN_BLOCK inputs (the runtime's smallest block) and every nn.Embedding whose rows
+    are a multiple of MIN_BLOCK (see table_block)."""
+    return [name for name, m in model.named_modules() if _quantizable(m)]
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
