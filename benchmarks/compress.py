@@ -6,6 +6,8 @@ graphs are checked against in tests/test_quant.py):
   (b) int4 weights alone      every quantisable layer int4 (blocks of 32)
   (c) compress --bits 4,8     the per-layer bit-width and rank search (search.py),
                               --embeddings, before and after --heal-steps of distillation
+                              (at each of compress's default learning rates; the model
+                              closest to the input on the calibration text is kept)
   (d) trained small           of the dense models trained from scratch in --train-dir
                               (dense-d<width>, same data, tokens, steps and seed), at float,
                               int8 or int4, the most accurate that fits
@@ -174,8 +176,11 @@ def main() -> None:
                 report["perplexity"]["truncated"]["per_word"], candidates=report["candidates"],
                 layers=report["layers"], elapsed_s=report["elapsed_s"])
         if report and args.heal_steps:
-            add(budget, limit, f"(c) compress --bits 4,8, healed {args.heal_steps} steps",
-                searched, report["perplexity"]["healed"]["per_word"])
+            kept = next(t["learning_rate"] for t in report["healing"] if t["kept"])
+            add(budget, limit, f"(c) compress --bits 4,8, {args.heal_steps} healing steps, "
+                f"kept: {'unhealed' if kept is None else f'lr {kept:g}'}", searched,
+                report["perplexity"].get("healed", report["perplexity"]["truncated"])
+                ["per_word"], healing=report["healing"])
         best = {}  # per precision, the widest model that fits: more width, lower perplexity
         for width, run in scratch.items():
             for bits in PRECISIONS:

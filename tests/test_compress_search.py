@@ -146,7 +146,10 @@ def test_bad_bits_and_budgets_are_one_line(tmp_path):
     for flags, words in ((("--bits", "4,6", "--budget", "size_mb=0.5x"), ["--bits 4,6", "4, 8"]),
                          (("--bits", "4", "--budget", "params=0.5x"), ["--bits", "size_mb"]),
                          (("--bits", "4", "--budget", "size_mb=0.05x"),
-                          ["cannot be met", "smallest this search reaches", "--embeddings"])):
+                          ["cannot be met", "smallest this search reaches", "--embeddings"]),
+                         (("--budget", "size_mb=0.5x", "--heal-steps", "2", "--heal-lr", "3e-3,0"),
+                          ["--heal-lr 3e-3,0", "positive learning rates"]),
+                         (("--budget", "size_mb=0.5x", "--heal-lr", "fast"), ["--heal-lr fast"])):
         assert_one_line_error(invoke("compress", source, "--out", tmp_path / "o", *flags),
                               *words)
         assert not (tmp_path / "o").exists()

@@ -50,7 +50,7 @@ def test_healing_with_the_source_as_teacher_lowers_kl_on_held_text(tmp_path, cor
               learning_rate=1e-2, min_lr=1e-3)
     options = CompressOptions(budget="params=0.3x", embeddings=True, calib=str(corpus[0]),
                               data=str(corpus[1]), calib_tokens=512, eval_tokens=512,
-                              heal_steps=30, heal_lr=3e-3, distill_alpha=1.0,
+                              heal_steps=30, heal_lr=(3e-3,), distill_alpha=1.0,
                               distill_temperature=1.0)
     report = compress_run(teacher, tmp_path / "healed", options)
     kl = report["kl_to_source"]
@@ -63,6 +63,27 @@ def test_healing_with_the_source_as_teacher_lowers_kl_on_held_text(tmp_path, cor
     assert recount == pytest.approx(kl["healed"], rel=1e-3)
     settings = read_train_state(tmp_path / "healed" / "train_state.safetensors")[2]
     assert settings["teacher"]["path"] == str(teacher.resolve())
+    assert [t["kept"] for t in report["healing"]] == [False, True]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_healing_that_moves_away_from_the_input_is_not_kept(tmp_path, corpus):
+    """Nothing cut (the budget is the model's own size), so the unhealed model is the input
+    itself; healing runs that learn the next tokens only can only move away from it, and
+    compress keeps the unhealed model, as a plain compressed run folder."""
+    teacher = tmp_path / "teacher"
+    micro_run(teacher, corpus, arch="dense", steps=100, learning_rate=1e-2, min_lr=1e-3)
+    options = CompressOptions(budget="params=1x", calib=str(corpus[0]), data=str(corpus[1]),
+                              calib_tokens=512, eval_tokens=512, heal_steps=10,
+                              heal_lr=(3e-3, 3e-4), distill_alpha=0.0)
+    report = compress_run(teacher, tmp_path / "out", options)
+    assert [t["learning_rate"] for t in report["healing"]] == [None, 3e-3, 3e-4]
+    assert [t["kept"] for t in report["healing"]] == [True, False, False]
+    assert report["healing"][0]["calib_kl"] < min(t["calib_kl"] for t in report["healing"][1:])
+    assert "healed" not in report["perplexity"]
+    assert not (tmp_path / "out" / "train_state.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert load_run(tmp_path / "out").model is not None
 
 
 def test_train_with_a_teacher_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):

@@ -170,12 +170,12 @@ def test_healing_keeps_the_layers_quantised(tmp_path, monkeypatch):
     monkeypatch.setenv("QTF_EDGE_CACHE", str(tmp_path / "cache"))
     source = make_run(tmp_path / "dense", dense=True)
     report = compress_run(source, tmp_path / "healed", CompressOptions(
-        budget="size_mb=0.3x", target=PROFILE, bits=(8,), heal_steps=3, eval_tokens=512,
-        calib_tokens=1024))
+        budget="size_mb=0.3x", target=PROFILE, bits=(8,), heal_steps=10, eval_tokens=512,
+        calib_tokens=1024, heal_lr=(1e-3,), distill_alpha=1.0))
     healed = load_run(tmp_path / "healed").model
     assert set(quantized_layers(healed)) == set(healed.config.weight_bits) != set()
     assert weight_bytes(healed) / 1e6 == pytest.approx(report["after"]["size_mb"])
-    assert "healed" in report["perplexity"]
+    assert "healed" in report["perplexity"]  # learning the input's logits only, it is kept
 
 
 def test_bad_bits_input_is_one_line(tmp_path):

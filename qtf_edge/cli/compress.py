@@ -63,9 +63,10 @@ from qtf_edge.train.budget import KEYS
 @click.option("--heal-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Fine-tune the compressed model this many steps on --calib, learning the "
                    "uncompressed model's logits (distillation) and the next tokens.")
-@click.option("--heal-lr", type=click.FloatRange(0, min_open=True),
-              default=CompressOptions.heal_lr, show_default=True,
-              help="Peak learning rate of the healing run.")
+@click.option("--heal-lr", default=",".join(f"{r:g}" for r in CompressOptions.heal_lr),
+              show_default=True,
+              help="Peak learning rates, comma-separated: one healing run each; the model "
+                   "closest to the input on --calib (KL), healed or not, is kept.")
 @click.option("--distill-alpha", type=click.FloatRange(0, 1),
               default=CompressOptions.distill_alpha, show_default=True,
               help="Healing loss: (1 - alpha) next-token cross-entropy + alpha T^2 KL to the "
@@ -100,7 +101,7 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
                               sensitivity=sensitivity,
                               bits=parse_bits(bits), block=block,
                               calib_tokens=calib_tokens,
-                              heal_steps=heal_steps, heal_lr=heal_lr,
+                              heal_steps=heal_steps, heal_lr=parse_rates(heal_lr),
                               distill_alpha=distill_alpha,
                               distill_temperature=distill_temperature, calib=calib, data=data,
                               seed=seed, device=device)
@@ -117,6 +118,18 @@ def compress(checkpoint, out, budget, sweep, target, embeddings, method, layout,
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(shown(report))
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """'3e-3,3e-4' -> (0.003, 0.0003); ValueError naming --heal-lr otherwise."""
+    try:
+        rates = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or not all(0 < r < float("inf") for r in rates):
+        raise ValueError(f"--heal-lr {text}: expected positive learning rates, "
+                         f"comma-separated (e.g. 3e-3,3e-4)")
+    return rates
 
 
 def parse_bits(text: str | None) -> tuple[int, ...] | None:
@@ -179,6 +192,10 @@ def render(report: dict) -> str:
           number(report["perplexity"]["truncated"]["per_word"]), f"{kl['truncated']:.4f}"]]
         + ([["healed", "", "", "", "", number(report["perplexity"]["healed"]["per_word"]),
              f"{kl['healed']:.4f}"]] if "healed" in report["perplexity"] else []))]
+    if report.get("healing"):
+        lines += ["", "healing (KL to input on --calib; the lowest is kept): " + ", ".join(
+            f"{'unhealed' if t['learning_rate'] is None else 'lr ' + format(t['learning_rate'], 'g')}"
+            f" {t['calib_kl']:.4f}{' (kept)' if t['kept'] else ''}" for t in report["healing"])]
     return "\n".join(lines)
 
 

@@ -2,9 +2,10 @@
 
 Reads the checkpoint, resolves the budget (relative keys against the input model on the
 target profile), compresses (pipeline.py), measures validation perplexity before and
-after truncation, optionally heals by a short fine-tuning run on the calibration text
-(default: the shipped excerpt) that distils the uncompressed model's logits, and
-measures again, then writes the run and compress_report.json.
+after truncation, optionally heals by short fine-tuning runs on the calibration text
+(default: the shipped excerpt) that distil the uncompressed model's logits, keeping a
+healed model only where it is closer to the input (healing.py), and measures again, then
+writes the run and compress_report.json.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qtf_edge.compress.healing import heal_and_choose, healing_workdir, publish_healed
 from qtf_edge.compress.pipeline import compress_model
 from qtf_edge.cost import EnergyEstimator
 from qtf_edge.data import load_tokenizer
-from qtf_edge.derived import (calibration_windows, heal, perplexity, validation_lines,
-                              write_derived_run)
+from qtf_edge.derived import calibration_windows, perplexity, validation_lines, write_derived_run
 from qtf_edge.evaluate import token_windows
 from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MAX_BLOCK, MIN_BLOCK, is_block_size
 from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.tokens import token_stream
 from qtf_edge.train.budget import parse_budget
 from qtf_edge.train.config import TrainConfig
-from qtf_edge.train.setup import resolve_device
 from qtf_edge.train.distillation import mean_kl
+from qtf_edge.train.setup import resolve_device
 
 REPORT_FILE = "compress_report.json"
 
@@ -54,10 +55,11 @@ class CompressOptions:
     block: int = DEFAULT_BLOCK         # inputs per int4 scale
     calib_tokens: int = 16384          # calibration tokens (input statistics, sensitivities)
     heal_steps: int = 0
-    # Compression removes far more than distillation, so healing must move further: on
-    # dense `small` at 1/4 of its parameters, 1000 distilled steps reach word perplexity
-    # 1211 at peak 2e-4, 897 at 1e-3 and 718 at 3e-3 (benchmarks/RESULTS.md).
-    heal_lr: float = 3e-3
+    # Peak learning rates of the healing runs, one run each; the model closest to the input
+    # (healed or not) is kept (healing.py). Rank cuts need a large one (dense `small` at 1/4
+    # of its parameters: word perplexity 1211 after 1000 steps at 2e-4, 718 at 3e-3), mild
+    # quantisation damage a small one (benchmarks/RESULTS.md).
+    heal_lr: tuple[float, ...] = (3e-3, 3e-4)
     # Healing learns the uncompressed model's logits (train/distillation.py); 0: plain
     # next-token fine-tuning.
     distill_alpha: float = 0.5
@@ -134,16 +136,29 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
               "budget": budget.spec(), **result.to_dict(),
               "perplexity": {"before": evaluate(run.model), "truncated": evaluate(result.model)},
               "kl_to_source": {"truncated": kl(result.model)}}
-    model = result.model
-    if options.heal_steps:
-        model = heal(run, model, out, steps=options.heal_steps, learning_rate=options.heal_lr,
-                     calib=options.calib, data=options.data, seed=options.seed,
-                     overwrite=overwrite, quiet=quiet, command=command, device=options.device,
-                     distill_alpha=options.distill_alpha,
-                     distill_temperature=options.distill_temperature)
-        report["perplexity"]["healed"] = evaluate(model)
-        report["kl_to_source"]["healed"] = kl(model)
-    report["elapsed_s"] = time.perf_counter() - start
-    write_derived_run(out, model, run, report, REPORT_FILE, command=command,
-                      overwrite=overwrite, healed=bool(options.heal_steps))
+    if not options.heal_steps:
+        report["elapsed_s"] = time.perf_counter() - start
+        write_derived_run(out, result.model, run, report, REPORT_FILE, command=command,
+                          overwrite=overwrite, healed=False)
+        return report
+    if windows is None:
+        windows = calibration_windows(tokenizer, options.calib, options.calib_tokens,
+                                      run.config.context_length)
+    with healing_workdir(Path(out)) as workdir:
+        healing = heal_and_choose(
+            run, result.model, windows, steps=options.heal_steps,
+            learning_rates=options.heal_lr, calib=options.calib, data=options.data,
+            seed=options.seed, distill_alpha=options.distill_alpha,
+            distill_temperature=options.distill_temperature, device=options.device,
+            batch_size=options.batch_size, quiet=quiet, command=command, workdir=workdir)
+        report["healing"] = healing.trials
+        if healing.folder is not None:
+            report["perplexity"]["healed"] = evaluate(healing.model)
+            report["kl_to_source"]["healed"] = kl(healing.model)
+        report["elapsed_s"] = time.perf_counter() - start
+        if healing.folder is None:
+            write_derived_run(out, result.model, run, report, REPORT_FILE, command=command,
+                              overwrite=overwrite, healed=False)
+        else:
+            publish_healed(healing.folder, Path(out), report, REPORT_FILE, overwrite=overwrite)
     return report

@@ -11,8 +11,6 @@ are compared position by position.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -39,16 +37,15 @@ def distillation_loss(hard_loss: torch.Tensor, student_logits: torch.Tensor,
 @torch.inference_mode()
 def mean_kl(student, teacher, windows: list[list[int]], *, batch_size: int = 8,
             device: str | torch.device = "cpu") -> float:
-    """KL(teacher || student) at T = 1 per token, averaged over held-out token windows."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if torch.device(device).type == "cuda" else contextlib.nullcontext())
+    """KL(teacher || student) at T = 1 per token, averaged over held-out token windows, in
+    float32 on every device: it compares a model with one derived from it, and bf16
+    autocast rounds weights about as coarsely as int8 does (evaluate.windows_loss)."""
     modes = student.training, teacher.training
     student.eval(), teacher.eval()
     total, tokens = 0.0, 0
     try:
         for ids in window_batches(windows, batch_size, device):
-            with autocast:
-                student_logits, teacher_logits = student(ids[:, :-1]), teacher(ids[:, :-1])
+            student_logits, teacher_logits = student(ids[:, :-1]), teacher(ids[:, :-1])
             n = ids[:, :-1].numel()
             total += float(soft_kl(student_logits, teacher_logits)) * n
             tokens += n
