@@ -138,6 +138,10 @@ def main() -> None:
                           device=args.device)["per_word"]
 
     rows = []
+    scored_on = f"first {eval_tokens:,} tokens" if eval_tokens else "every token"
+    doc = {"machine": describe_host(1), "args": {k: str(v) for k, v in vars(args).items()},
+           "input_weight_mb": full_bytes / 1e6, "validation": f"{scored_on} of {valid}",
+           "rows": rows}
 
     def add(budget: str, limit: float, row: str, spec: dict, ppl: float | None = None,
             **extra) -> None:
@@ -152,6 +156,8 @@ def main() -> None:
                 entry.update(timed(model), timed_on=describe_host(1))
         rows.append(entry)
         print({k: v for k, v in entry.items() if k not in ("candidates", "layers")}, flush=True)
+        if args.json:  # after every row: a run cut short keeps what it measured
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
     add("-", full_bytes, "input: dense small, float",
         {"root": "train", "run": "dense", "bits": None})
@@ -208,10 +214,6 @@ def main() -> None:
         except BudgetError as error:
             rows.append({"budget": budget, "row": "(e) plain TT-SVD, float",
                          "unmet": str(error)})
-    scored_on = f"first {eval_tokens:,} tokens" if eval_tokens else "every token"
-    doc = {"machine": describe_host(1), "args": {k: str(v) for k, v in vars(args).items()},
-           "input_weight_mb": full_bytes / 1e6, "validation": f"{scored_on} of {valid}",
-           "rows": rows}
     write_table(doc, args.json)
 
 
