@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import tempfile
 from pathlib import Path
 
 from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import perplexity, validation_lines
-from qtf_edge.export.onnx_graphs import export_onnx
 from qtf_edge.host import describe_host
 from qtf_edge.model import QTensorFormer
+from qtf_edge.profile.onnx_timing import CACHED, decode_latency
 from qtf_edge.quant import quantizable_layers, weight_bytes
 from qtf_edge.runs import load_run
 from qtf_edge.train.budget import BudgetError
@@ -49,17 +47,6 @@ WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
 FRACTIONS = (4, 8, 16)
 PROFILE = "cpu_xeon"
 PRECISIONS = (None, 8, 4)
-CACHED = 64  # tokens in the cache when the decode step is timed (at most context - 1)
-
-
-def _timing():
-    """benchmarks/export.py's ONNX Runtime timing (loaded by path: the repository's own
-    export/ folder would shadow a plain import)."""
-    spec = importlib.util.spec_from_file_location("export_bench",
-                                                  Path(__file__).parent / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.onnx_latency
 
 
 def uniform(model: QTensorFormer, bits: int | None) -> QTensorFormer:
@@ -101,19 +88,13 @@ def main() -> None:
                         help="which rows to compute (letters a-e; the input's always)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    onnx_latency = _timing()
 
     def model_of(spec: dict) -> QTensorFormer:
         root = args.train_dir if spec["root"] == "train" else args.keep
         return uniform(load_run(root / spec["run"]).model, spec["bits"])
 
     def timed(model) -> dict:
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(model, Path(tmp))
-            graph_mb = (Path(tmp) / "decode.onnx").stat().st_size / 1e6
-            cached = min(CACHED, model.config.context_length - 1)
-            decode_ms = onnx_latency(Path(tmp), "", args.repeats, cached + 1)["decode_ms"]
-        return {"decode_graph_mb": graph_mb, "decode_ms": decode_ms}
+        return decode_latency(model, args.repeats)
 
     if args.latency_of:
         doc = json.loads(args.latency_of.read_text())

@@ -19,45 +19,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qtf_edge.config import ModelConfig
 from qtf_edge.export.pipeline import ExportOptions, export_run
-from qtf_edge.export.validate import run_graph, session
 from qtf_edge.host import describe_host
 from qtf_edge.model import QTensorFormer
 from qtf_edge.presets import PRESETS, preset
+from qtf_edge.profile.onnx_timing import graph_latency, median_ms
 from qtf_edge.runs import load_run, save_run
 
 PROMPT = 128
 PRESET_BY_WIDTH = {model["d_model"]: name for name, (model, _) in PRESETS.items()}
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def onnx_latency(bundle: Path, suffix: str, repeats: int, prompt: int) -> dict:
-    prefill = session(bundle / f"prefill{suffix}.onnx", threads=1)
-    decode = session(bundle / f"decode{suffix}.onnx", threads=1)
-    vocab = prefill.get_outputs()[0].shape[-1]
-    ids = np.random.default_rng(0).integers(0, vocab, (1, prompt), dtype=np.int64)
-    _, past = run_graph(prefill, {"input_ids": ids[:, :-1]})
-    step = {"input_ids": ids[:, -1:], **past}
-    return {"prefill_ms": median_ms(lambda: prefill.run(None, {"input_ids": ids}), repeats),
-            "decode_ms": median_ms(lambda: decode.run(None, step), repeats)}
 
 
 @torch.inference_mode()
@@ -105,7 +82,7 @@ def measure(name: str, run: Path, work: Path, args) -> dict:
                      "ppl_token": validation[kind]["prefill"]["perplexity"],
                      "top1_agreement": validation[kind]["prefill"]["top1_agreement"],
                      "max_abs_diff": validation[kind]["prefill"]["max_abs_diff"],
-                     **onnx_latency(bundle, suffix, args.repeats, prompt)}
+                     **graph_latency(bundle, suffix, args.repeats, prompt)}
     return row
 
 

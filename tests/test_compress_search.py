@@ -14,13 +14,15 @@ from cli_helpers import assert_one_line_error, invoke
 from run_factory import VOCAB, make_run, tiny_config
 from test_quant import graph_weight_bytes
 
-from qtf_edge.compress.search import Option, _Factors, knapsack, offered_ranks, search
+from qtf_edge.compress.search import (DecodeLimit, Option, _Factors, knapsack, offered_ranks,
+                                      search)
 from qtf_edge.compress.whitening import Whitening
 from qtf_edge.export.onnx_graphs import export_onnx
 from qtf_edge.model import QTensorFormer
 from qtf_edge.model.low_rank import LowRankEmbedding, LowRankLinear
 from qtf_edge.quant import quantizable_layers, quantized_layers, weight_bytes
 from qtf_edge.runs import load_run, save_run
+from qtf_edge.train.budget import BudgetError
 
 
 def perturbed(model: QTensorFormer, seed: int = 0) -> QTensorFormer:
@@ -134,6 +136,45 @@ def test_search_is_never_worse_than_uniform_quantisation_and_exports_natively(tm
         None, {"input_ids": ids.numpy()})
     assert np.abs(logits - reference).max() < 1e-4
     assert search(model, 0.05 * int4, (4,), 32, windows, embeddings=True) is None
+
+
+def test_a_decode_limit_keeps_only_candidates_timed_within_it():
+    """The timer here counts int8 layers (standing in for a runtime whose int8 kernel is
+    slow; real times are measured by compress and belong in benchmarks/): within a
+    limit no int8 candidate meets, the winner has none, every candidate was timed, and a
+    limit nothing meets names the fastest time."""
+    model = perturbed(QTensorFormer(tiny_config(dense=True)))
+    windows = calibration()
+    int8 = weight_bytes(QTensorFormer(dataclasses.replace(
+        model.config, weight_bits=dict.fromkeys(quantizable_layers(model), 8))))
+
+    def int8_layers(candidate) -> float:
+        return float(sum(m.quant.bits == 8 for m in quantized_layers(candidate).values()))
+
+    found = search(model, int8, (4, 8), 32, windows,
+                   decode_limit=DecodeLimit(0.5, int8_layers, "a counting timer"))
+    assert int8_layers(found.model) == 0 and found.decode_ms == 0
+    built = [c for c in found.candidates if "measured_loss_increase" in c]
+    assert all("decode_ms" in c for c in built)
+    assert any(c["decode_ms"] > 0.5 and not c["fits"] for c in built)
+    assert any(c["candidate"].startswith("knapsack without int8") for c in built)
+    with pytest.raises(BudgetError, match=r"decode_ms=0.5 cannot be met.*fastest .* 1 ms"):
+        search(model, int8, (8,), 32, windows,
+               decode_limit=DecodeLimit(0.5, lambda c: 1.0 + int8_layers(c) * 0, "here"))
+
+
+def test_decode_ms_is_measured_here_and_only_with_bits(tmp_path):
+    source = make_run(tmp_path / "dense", dense=True)
+    result = invoke("compress", source, "--out", tmp_path / "timed", "--budget",
+                    "size_mb=0.3x,decode_ms=10x", "--bits", "4,8", "--calib-tokens", "1024",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert 0 < report["after"]["decode_ms"] <= 10 * report["before"]["decode_ms"]
+    assert report["limits"]["decode_ms"] == pytest.approx(10 * report["before"]["decode_ms"])
+    assert_one_line_error(invoke("compress", source, "--out", tmp_path / "o", "--budget",
+                                 "params=0.5x,decode_ms=1"), "decode_ms", "--bits")
+    assert not (tmp_path / "o").exists()
 
 
 def test_offered_ranks_store_fewer_weights_than_the_matrix():

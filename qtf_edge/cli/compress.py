@@ -14,16 +14,17 @@ from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.compress.sweep import compress_sweep
 from qtf_edge.config import TT_LAYOUTS
 from qtf_edge.quant import BITS, DEFAULT_BLOCK
-from qtf_edge.train.budget import KEYS
+from qtf_edge.train.budget import ALL_KEYS
 
 
 @cli.command("compress")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", type=click.Path(), required=True, help="New run folder.")
 @click.option("--budget", default=None, metavar="KEY=N,...",
-              help=f"Limits the output must meet: {', '.join(KEYS)}; absolute (params=500k) "
-                   f"or relative to the input (params=0.25x). Latency and energy are "
-                   f"estimated on --target.")
+              help=f"Limits the output must meet: {', '.join(ALL_KEYS)}; absolute "
+                   f"(params=500k) or relative to the input (params=0.25x). latency_ms and "
+                   f"energy_uj are estimated on --target; decode_ms (with --bits) is the "
+                   f"exported decode step measured here (ONNX Runtime, 1 thread).")
 @click.option("--sweep", default=None, metavar="KEY=LOW:HIGH:COUNT",
               help="Instead of --budget: one run per budget from LOW to HIGH (e.g. "
                    "params=200k:1M:5) in --out, with sweep.json and sweep.png (the "
@@ -175,11 +176,20 @@ def render(report: dict) -> str:
             [[r["layer"], _weights(r), number(r["bytes_before"]), number(r["bytes_after"]),
               f"{r['loss_increase']:+.4f}"] for r in quantized])]
     if report.get("candidates"):
+        timed = any("decode_ms" in c for c in report["candidates"])
         lines += ["", format_table(
-            ["candidate", "MB", "loss/token predicted", "measured"],
+            ["candidate", "MB", "loss/token predicted", "measured"]
+            + (["decode ms (measured)"] if timed else []),
             [[c["candidate"], f"{c['bytes'] / 1e6:.3f}", f"{c['predicted_loss_increase']:+.4f}",
               f"{c['measured_loss_increase']:+.4f}" if "measured_loss_increase" in c
-              else "over budget"] for c in report["candidates"]])]
+              else "over budget"]
+             + ([f"{c['decode_ms']:.3f}{'' if c['fits'] else ' (over)'}"
+                 if "decode_ms" in c else "-"] if timed else [])
+             for c in report["candidates"]])]
+    if "decode_ms" in report["after"]:
+        lines += ["", f"decode step, measured here (ONNX Runtime, 1 thread): "
+                      f"{report['before']['decode_ms']:.3f} ms before, "
+                      f"{report['after']['decode_ms']:.3f} ms after"]
     before, after, kl = report["before"], report["after"], report["kl_to_source"]
     lines += ["", format_table(
         ["model", "params", "size MB", "latency ms (est.)", "energy uJ (est.)", "ppl/word",

@@ -37,13 +37,15 @@ from torch import nn
 
 from qtf_edge.compress.allocate import (Cost, greedy_allocation, params_cost, total_cost,
                                         uniform_allocation)
-from qtf_edge.compress.search import search, smallest_bytes
+from qtf_edge.compress.search import DecodeLimit, search, smallest_bytes
 from qtf_edge.compress.sensitivity import layer_sensitivity
 from qtf_edge.compress.spectra import LayerSpectrum, layer_spectrum
 from qtf_edge.compress.whitening import Whitening, layer_whitenings, truncate_into
 from qtf_edge.config import TT_LAYOUTS, ModelConfig, block_rank_limit, embedding_rank_limit
 from qtf_edge.cost.counts import count_params
+from qtf_edge.host import describe_host
 from qtf_edge.model import QTensorFormer
+from qtf_edge.profile.onnx_timing import decode_latency
 from qtf_edge.quant import DEFAULT_BLOCK, quantized_layers, weight_bytes
 from qtf_edge.quant.layers import FLOAT_BYTES
 from qtf_edge.train.budget import (Budget, BudgetError, describe, format_limit, measure,
@@ -147,6 +149,13 @@ def compress_model(model: QTensorFormer, budget: Budget, profile: str, *,
                          "sensitivity weights")
     seq_len = model.config.context_length
     before = measure(model, profile, seq_len)
+    if budget.decode_ms is not None:
+        if not bits:
+            raise ValueError("--budget decode_ms is measured on the candidates of the --bits "
+                             "search; add --bits (or use latency_ms, the cost model's "
+                             "estimate on --target)")
+        progress("timing the input model's decode step")
+        before["decode_ms"] = decode_latency(model)["decode_ms"]
     limits = (budget.resolve(before) if budget.relative else budget).limits()
     if bits:
         return _searched(model, limits, before, profile, bits, block, calibration, embeddings,
@@ -200,9 +209,12 @@ def _searched(model, limits, before, profile, bits, block, calibration, embeddin
         raise ValueError("--bits searches bit-widths and ranks for a size budget: add "
                          "size_mb=... to --budget")
     seq_len = model.config.context_length
+    decode_limit = None if "decode_ms" not in limits else DecodeLimit(
+        limits["decode_ms"], lambda candidate: decode_latency(candidate)["decode_ms"],
+        f"ONNX Runtime, 1 thread, {describe_host(1)}")
     found = search(model, limits["size_mb"] * 1e6, bits, block, calibration,
                    embeddings=embeddings, whitened=method == "whitened", device=device,
-                   progress=progress)
+                   decode_limit=decode_limit, progress=progress)
     if found is None:
         smallest = smallest_bytes(model, bits, block, embeddings=embeddings) / 1e6
         hint = "" if embeddings else "; pass --embeddings to offer the embedding ranks too"
@@ -211,6 +223,8 @@ def _searched(model, limits, before, profile, bits, block, calibration, embeddin
                           f"{describe('size_mb', smallest, profile)} (every layer at "
                           f"int{min(bits)}, at its lowest offered rank){hint}")
     after = measure(found.model, profile, seq_len)
+    if found.decode_ms is not None:
+        after["decode_ms"] = found.decode_ms
     missed = violations(Budget(**limits), after)
     if missed:
         raise BudgetError(unmet_message(Budget(**limits), missed, after, profile))

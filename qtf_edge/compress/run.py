@@ -25,7 +25,7 @@ from qtf_edge.evaluate import token_windows
 from qtf_edge.quant.blockwise import DEFAULT_BLOCK, MAX_BLOCK, MIN_BLOCK, is_block_size
 from qtf_edge.runs import check_new_run_dir, load_run
 from qtf_edge.tokens import token_stream
-from qtf_edge.train.budget import parse_budget
+from qtf_edge.train.budget import ALL_KEYS, parse_budget
 from qtf_edge.train.config import TrainConfig
 from qtf_edge.train.distillation import mean_kl
 from qtf_edge.train.setup import resolve_device
@@ -92,7 +92,7 @@ def compress_run(checkpoint, out, options: CompressOptions, *, overwrite: bool =
                  quiet: bool = True, command: str = "compress") -> dict:
     """Write the compressed model of `checkpoint` to `out`; returns the report."""
     start = time.perf_counter()
-    budget = parse_budget(options.budget)  # bad keys and numbers first, naming --budget
+    budget = parse_budget(options.budget, keys=ALL_KEYS)  # bad keys first, naming --budget
     EnergyEstimator(options.target)  # an unknown --target: ProfileError naming it
     if options.bits is not None and not is_block_size(options.block):
         raise ValueError(f"--block {options.block}: expected a power of two in "

@@ -29,6 +29,15 @@ Costs do not add exactly, so the knapsack's answer is one candidate among others
 uniform precision that fits (all int8, all int4: the output is never worse than
 quantisation alone) and the knapsack's answers at slightly tighter budgets. Each candidate
 is built and its calibration loss measured; the lowest wins.
+
+With a decode-time limit (compress --budget decode_ms=...), each candidate that fits the
+bytes is also exported and its decode step timed on this machine (profile/onnx_timing.py),
+and only those within the limit may win. Speed is not additive per layer the way loss
+nearly is (a kernel's time depends on its neighbours' and the runtime's), so it is measured
+on whole candidates rather than priced in the knapsack. The one thing known beforehand is
+that a kernel can be slow for a precision on a runtime (int8 MatMulNBits is several times
+slower than int4 or float in ONNX Runtime 1.32 on x86, benchmarks/RESULTS.md), so the
+knapsack's answers without any int8 option are candidates too.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from qtf_edge.module_paths import replace_module
 from qtf_edge.quant import quantizable_layers, quantized_layers, weight_bytes
 from qtf_edge.quant.blockwise import MAX_BLOCK
 from qtf_edge.quant.layers import quantized
+from qtf_edge.train.budget import BudgetError
 
 RANK_STEP = 16            # ranks offered: multiples of this (an int4 block of the factors)
 INT4_BLOCKS = (1, 2, 4)   # int4 blocks offered: --block times these (fewer scales, coarser)
@@ -150,6 +160,15 @@ class SearchResult:
     chosen: list[Option]
     candidates: list[dict]       # every candidate: name, bytes, predicted and measured loss
     tokens: int                  # calibration tokens the losses are summed over
+    decode_ms: float | None = None  # the winner's measured decode step, when limited
+
+
+@dataclass(frozen=True)
+class DecodeLimit:
+    """A decode step limit in ms, and how a candidate's step is timed on this machine."""
+    ms: float
+    time: Callable[[nn.Module], float]
+    where: str                   # the machine and runtime, for messages
 
 
 @dataclass
@@ -184,12 +203,15 @@ def smallest_bytes(model: QTensorFormer, bits, block: int, *, embeddings: bool) 
 def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block: int,
            calibration: list[list[int]], *, embeddings: bool = False, whitened: bool = True,
            batch_size: int = 8, device: str | torch.device = "cpu",
+           decode_limit: DecodeLimit | None = None,
            progress: Callable[[str], None] = lambda line: None) -> SearchResult | None:
     """The most accurate model of `model` (not changed) whose weights ship within
     `byte_limit` bytes, per the module docstring; None when no candidate fits (before
     anything is measured). embeddings: offer ranks for the token embedding and an untied
     head too; whitened False: plain SVD factors (compress --method plain). The losses are
-    measured on `device`; the result is on the CPU. progress: a line per layer measured."""
+    measured on `device`; the result is on the CPU. decode_limit: candidates must also
+    decode within it (BudgetError, naming the fastest, when none does). progress: a line
+    per layer measured."""
     source = copy.deepcopy(model).to(device).eval()
     space = _space(source, bits, block, embeddings)
     if space.smallest > byte_limit:
@@ -219,10 +241,15 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
             replace_module(source, name, original)
     plans = {f"uniform int{b}": {n: _uniform(options[n], b, block) for n in space.layers}
              for b in bits}
+    offered = {"": options}
+    if decode_limit and 8 in bits:
+        offered[" without int8"] = {n: [o for o in options[n] if o.bits != 8]
+                                    for n in space.layers}
     for fraction in TIGHTER:
-        plan = knapsack(options, (byte_limit - space.fixed) * fraction)
-        if plan is not None:
-            plans[f"knapsack at {fraction:g} of the budget"] = plan
+        for name, choices in offered.items():
+            plan = knapsack(choices, (byte_limit - space.fixed) * fraction)
+            if plan is not None:
+                plans[f"knapsack{name} at {fraction:g} of the budget"] = plan
     candidates, best, built = [], None, {}
     for label, plan in plans.items():
         nbytes = space.fixed + sum(o.nbytes for o in plan.values())
@@ -234,14 +261,28 @@ def search(model: QTensorFormer, byte_limit: float, bits: tuple[int, ...], block
         key = tuple((o.layer, o.bits, o.rank, o.block) for o in plan.values())
         if key not in built:
             candidate = build(source, plan, factors, block).to(device)
-            built[key] = (candidate, loss_of(candidate))
-        candidate, loss = built[key]
+            decode_ms = None
+            if decode_limit:
+                progress(f"search: timing the decode step of {label}")
+                decode_ms = decode_limit.time(candidate.to("cpu").eval())
+            built[key] = (candidate.to(device), loss_of(candidate), decode_ms)
+        candidate, loss, decode_ms = built[key]
         row["measured_loss_increase"] = (loss - base) / tokens
+        if decode_ms is not None:
+            row["decode_ms"] = decode_ms
+            row["fits"] = decode_ms <= decode_limit.ms
+            if not row["fits"]:
+                continue
         if best is None or loss < best[1]:
-            best = (candidate, loss, list(plan.values()))
+            best = (candidate, loss, list(plan.values()), decode_ms)
+    if best is None and decode_limit and any("decode_ms" in c for c in candidates):
+        fastest = min(c["decode_ms"] for c in candidates if "decode_ms" in c)
+        raise BudgetError(f"--budget decode_ms={decode_limit.ms:.4g} cannot be met: the "
+                          f"fastest candidate within the size budget decodes in "
+                          f"{fastest:.4g} ms (measured here, {decode_limit.where})")
     if best is None:  # only a budget within the knapsack's byte grid of the smallest
         return None
-    return SearchResult(best[0].to("cpu").eval(), best[2], candidates, tokens)
+    return SearchResult(best[0].to("cpu").eval(), best[2], candidates, tokens, best[3])
 
 
 def _tokens(windows: list[list[int]]) -> int:

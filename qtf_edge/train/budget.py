@@ -7,6 +7,8 @@ and energy_uj (per query, ESTIMATED by the cost model on the --target profile, n
 measured) and size_mb (the weights' bytes as they ship: 4 bytes a float32 parameter, codes
 and scales for weight-only quantised layers, a tied table once; quant/layers.py). Numbers take an optional
 k (x1e3) or M (x1e6) suffix, or an x to be relative to the input model (params=0.25x).
+`compress --bits` also takes decode_ms: the exported decode step, MEASURED on the machine
+it runs on (ONNX Runtime, one thread; compress/search.py), which no estimate replaces.
 
 Policy (what `fit_to_budget` and the training loop do):
 
@@ -50,7 +52,9 @@ from qtf_edge.cost.counts import count_params, model_cost, total
 from qtf_edge.quant import weight_bytes
 from qtf_edge.tt import TTLinear
 
-KEYS = ("params", "flops", "latency_ms", "energy_uj", "size_mb")
+KEYS = ("params", "flops", "latency_ms", "energy_uj", "size_mb")  # what training can reach
+MEASURED_KEYS = ("decode_ms",)  # only measured on exported graphs (compress --bits)
+ALL_KEYS = KEYS + MEASURED_KEYS
 SCHEDULE = (0.25, 0.5, 0.75)  # fractions of the steps at which ranks may be lowered
 RANK_STEP = 0.75              # the shared rank cap shrinks by this factor per try
 _SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "x": 1.0}
@@ -68,13 +72,14 @@ class Budget:
     latency_ms: float | None = None
     energy_uj: float | None = None
     size_mb: float | None = None
+    decode_ms: float | None = None
     relative: tuple[str, ...] = ()  # keys given as a multiple of the input model's figure
 
     def limits(self) -> dict[str, float]:
         if self.relative:
             raise ValueError(f"budget {self.spec()} is relative; resolve() it against the "
                              f"input model's figures first")
-        return {k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in ALL_KEYS if getattr(self, k) is not None}
 
     def resolve(self, reference: dict) -> "Budget":
         """Relative limits (0.25x) times the reference figures (the input model's)."""
@@ -85,12 +90,12 @@ class Budget:
         return {k: (int(v) if k == "params" else v) for k, v in self.limits().items()}
 
     def __bool__(self) -> bool:
-        return any(getattr(self, k) is not None for k in KEYS)
+        return any(getattr(self, k) is not None for k in ALL_KEYS)
 
     def spec(self) -> str:
         return ",".join(f"{k}={getattr(self, k):g}x" if k in self.relative
                         else f"{k}={format_limit(k, getattr(self, k))}"
-                        for k in KEYS if getattr(self, k) is not None)
+                        for k in ALL_KEYS if getattr(self, k) is not None)
 
 
 def _allowed(keys=KEYS) -> str:
@@ -135,6 +140,8 @@ def describe(key: str, value: float, profile: str | None = None) -> str:
         return f"{value:.4g} FLOPs per query"
     if key == "size_mb":
         return f"{value:.4g} MB of weights"
+    if key == "decode_ms":
+        return f"{value:.4g} ms per decode step (measured here)"
     unit = "ms" if key == "latency_ms" else "uJ"
     where = f" on {profile}" if profile else ""
     return f"{value:.4g} {unit} per query (estimated{where})"
