@@ -162,6 +162,13 @@ def test_compress_bits_meets_a_byte_budget_recounted_from_the_bundle(tmp_path):
         for graph in ("prefill", "decode", "decode_int8"):
             assert graph_weight_bytes(tmp_path / f"{name}-bundle" / f"{graph}.onnx") \
                 <= report["limits"]["size_mb"] * 1e6
+        # the int8 graphs (validated against the float ones by the export) run the weight-only
+        # layers on int8 activations; the float graphs keep the exact kernel
+        for graph, level in (("decode", None), ("decode_int8", 4)):
+            nodes = [n for n in onnx.load(tmp_path / f"{name}-bundle" / f"{graph}.onnx")
+                     .graph.node if n.op_type == "MatMulNBits"]
+            assert nodes and all(
+                {a.name: a.i for a in n.attribute}.get("accuracy_level") == level for n in nodes)
     # below what int4 alone reaches, ranks are cut too
     assert any(row["rank"] is not None for row in report["layers"])
 
