@@ -75,7 +75,7 @@ def test_healing_that_moves_away_from_the_input_is_not_kept(tmp_path, corpus):
     micro_run(teacher, corpus, arch="dense", steps=100, learning_rate=1e-2, min_lr=1e-3)
     options = CompressOptions(budget="params=1x", calib=str(corpus[0]), data=str(corpus[1]),
                               calib_tokens=512, eval_tokens=512, heal_steps=10,
-                              heal_lr=(3e-3, 3e-4), distill_alpha=0.0)
+                              heal_lr=(3e-3, 3e-4), distill_alpha=0.0, device="auto")
     report = compress_run(teacher, tmp_path / "out", options)
     assert [t["learning_rate"] for t in report["healing"]] == [None, 3e-3, 3e-4]
     assert [t["kept"] for t in report["healing"]] == [True, False, False]

@@ -27,6 +27,7 @@ from qtf_edge.atomic import staged_directory, write_bytes_atomic
 from qtf_edge.derived import heal, report_bytes
 from qtf_edge.runs import Run
 from qtf_edge.train.distillation import mean_kl
+from qtf_edge.train.setup import resolve_device
 
 
 @dataclass
@@ -43,11 +44,14 @@ def heal_and_choose(source: Run, model, windows: list[list[int]], *, steps: int,
                     distill_alpha: float, distill_temperature: float, device: str,
                     batch_size: int, quiet: bool, command: str, workdir: Path) -> Healing:
     """Heal copies of `model` for `steps` at each learning rate (in folders under workdir)
-    and keep the model, healed or not, with the lowest KL to `source` on `windows`."""
+    and keep the model, healed or not, with the lowest KL to `source` on `windows`.
+    device: where the runs train and the KL is computed (cpu, cuda, auto)."""
+
+    where = resolve_device(device)  # the healing runs take the name ("auto" too)
 
     def gate(candidate) -> float:
-        value = mean_kl(candidate.to(device), source.model.to(device), windows,
-                        batch_size=batch_size, device=device)
+        value = mean_kl(candidate.to(where), source.model.to(where), windows,
+                        batch_size=batch_size, device=where)
         candidate.to("cpu"), source.model.to("cpu")
         return value
 
