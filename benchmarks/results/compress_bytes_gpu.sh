@@ -21,7 +21,7 @@ for p in "${pids[@]}"; do wait $p; done
 echo "trained at $SECONDS s"; tail -n 2 $R/logs/*.err
 for f in 4 8 16; do
   OMP_NUM_THREADS=5 timeout 340 python3 benchmarks/compress.py --train-dir $R \
-    --data-dir $D --device cuda --fractions $f --heal-steps 1000 \
+    --data-dir $D --device cuda --fractions $f --heal-steps 2000 \
     --keep /tmp/keep --no-latency --json $OUT/compress_f$f.json > $OUT/compress_f$f.log 2>&1 &
 done
 wait
