@@ -22,7 +22,7 @@ The inputs come from `qtf-edge train --preset small --arch dense` (see
 benchmarks/results/compress_gpu_commands.txt); healing and scoring run on --device:
 
     python benchmarks/compress.py --train-dir runs/bench --device cuda --fractions 8
-        [--heal-steps 1000] [--eval-tokens 0] [--json PATH]
+        [--heal-steps 1000] [--heal-lr 3e-3,3e-4] [--eval-tokens 0] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from qtf_edge.cli.compress import parse_rates
 from qtf_edge.compress.run import CompressOptions, compress_run
 from qtf_edge.data import load_tokenizer
 from qtf_edge.derived import perplexity, validation_lines
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=int, nargs="+", default=list(FRACTIONS),
                         help="budgets: 1/N of the input's weight bytes")
     parser.add_argument("--heal-steps", type=int, default=1000)
+    parser.add_argument("--heal-lr", type=parse_rates, default=CompressOptions.heal_lr,
+                        help="healing learning rates, comma-separated (compress's default)")
     parser.add_argument("--calib-tokens", type=int, default=16384)
     parser.add_argument("--eval-tokens", type=int, default=0,
                         help="validation tokens to score (0: the whole split)")
@@ -152,6 +155,7 @@ def main() -> None:
                                   embeddings=True, bits=(4, 8), calib=str(data),
                                   data=str(valid), calib_tokens=args.calib_tokens,
                                   eval_tokens=eval_tokens, heal_steps=args.heal_steps,
+                                  heal_lr=args.heal_lr,
                                   device=args.device)
         name = f"search-1_{fraction}"
         report = None if "c" not in args.rows else compress_run(

@@ -78,6 +78,7 @@ def _apply(t: torch.Tensor, axis: int, factor: Factor, input_side: bool) -> torc
     identity."""
     if factor is None:
         return t
+    factor = factor.to(t.device)  # the Grams are kept on the CPU; the weight may be on a GPU
     if factor.dim() == 1:
         shape = [1] * t.dim()
         shape[axis] = -1
